@@ -66,6 +66,9 @@ SETTINGS = {
 }
 # UCMT trains with AdamW at a constant rate (UCMT paper).
 METHOD_TRAIN = {"ucmt": {"optimizer": "adamw", "lr": 1e-4, "lr_schedule": "constant", "weight_decay": 1e-4}}
+# Named variants: (library method, train overrides). ``ucmt_sgd`` trains UCMT with the
+# setting's SGD schedule (the UA-MT one), to separate the method from its optimizer.
+VARIANTS = {"ucmt_sgd": ("ucmt", {})}
 
 
 def write_split(data: Path, labeled: int, out: Path) -> Path:
@@ -105,12 +108,13 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
                threads: int) -> dict:
     run = out / method
     run.mkdir(parents=True, exist_ok=True)
-    base_train, params = scaled(setting, method, iterations)
-    train = {**base_train, **METHOD_TRAIN.get(method, {}), "seed": seed}
+    name, train_overrides = VARIANTS.get(method, (method, METHOD_TRAIN.get(method, {})))
+    base_train, params = scaled(setting, name, iterations)
+    train = {**base_train, **train_overrides, "seed": seed}
     cfg = {
         "data": {**setting["data"], "dataset": str(dataset), "cache_dir": str(cache)},
         "network": setting["network"],
-        "method": {"name": method, "params": params},
+        "method": {"name": name, "params": params},
         "train": train,
         "inference": setting["inference"],
     }
@@ -142,6 +146,7 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
         "seed": seed,
         "threads": threads,
         "method_params": params,
+        "optimizer": f"{train.get('optimizer', 'sgd')} lr {train['lr']} {train.get('lr_schedule', 'step')}",
         "dice": mean["dice"]["mean"] * 100,
         "jaccard": mean["jaccard"]["mean"] * 100,
         "hd95_mm": mean["hd95"]["mean"],

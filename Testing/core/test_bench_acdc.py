@@ -71,3 +71,12 @@ def test_every_method_params_are_valid_and_ramps_end_in_budget(bench, iterations
             assert raw["rampup_epochs"] * raw["iterations_per_epoch"] <= iterations
             assert raw["unsup_uncertainty_start"] < iterations
     assert bench.method_params("uamt", bench.SETTINGS["paper"], 30000)["iterations_per_epoch"] == 150  # SSL4MIS
+
+
+def test_variants_build_valid_params_of_their_method(bench):
+    setting = bench.SETTINGS["cpu"]
+    for variant, (method, overrides) in bench.VARIANTS.items():
+        raw = {**bench.method_params(method, setting, 400), **{k: f(400) for k, f in overrides.items()}}
+        params = build_params(METHODS[method].Params, raw, variant)
+        for key, f in overrides.items():
+            assert getattr(params, key) == f(400)

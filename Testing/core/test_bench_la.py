@@ -1,0 +1,59 @@
+"""scripts/bench_la.py: the split and the budget scaling (no training)."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+from semisup.methods.base import build_params
+from semisup.methods.registry import METHODS
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_la.py"
+
+
+@pytest.fixture(scope="module")
+def bench():
+    spec = importlib.util.spec_from_file_location("bench_la", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_split_keeps_the_report_cases_out_of_the_unlabeled_pool(bench, tmp_path):
+    cases = [{"image": f"./imagesTr/c{i:02d}.nrrd", "label": f"./labelsTr/c{i:02d}.nrrd"} for i in range(30)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": cases}))
+    split = json.loads(bench.write_split(tmp_path, 8, tmp_path / "out").read_text())
+    names = {k: [Path(c["image"]).name for c in split[k]] for k in ("training", "unlabeled", "validation")}
+    assert names["training"] == [f"c{i:02d}.nrrd" for i in range(8)]
+    assert names["validation"] == [f"c{i:02d}.nrrd" for i in range(14, 30)]
+    assert names["unlabeled"] == [f"c{i:02d}.nrrd" for i in range(8, 14)]
+    assert "label" not in split["unlabeled"][0]
+
+
+def test_split_refuses_too_few_cases(bench, tmp_path):
+    cases = [{"image": f"i{i}.nrrd", "label": f"l{i}.nrrd"} for i in range(20)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": cases}))
+    with pytest.raises(SystemExit, match="need at least 32"):
+        bench.write_split(tmp_path, 16, tmp_path / "out")
+
+
+@pytest.mark.parametrize("iterations", [800, 2000, 6000])
+def test_budget_scaling_keeps_the_fractions_of_the_run(bench, iterations):
+    setting = bench.SETTINGS["cpu"]
+    train, params = bench.scaled(setting, "uamt", iterations)
+    assert train["iterations"] == iterations
+    # Paper: lr x0.1 at 2500 of 6000 iterations, ramp over 40 epochs = the whole run.
+    assert train["lr_step"] == pytest.approx(iterations * 1250 / 2000, abs=1)
+    assert params["iterations_per_epoch"] * 40 == pytest.approx(iterations, abs=40)
+    build_params(METHODS["uamt"].Params, params, "uamt")
+    assert bench.scaled(setting, "uamt", None) == (setting["train"], setting["method_params"]["uamt"])
+
+
+def test_every_method_and_variant_has_valid_params(bench):
+    for setting in bench.SETTINGS.values():
+        for method in ("supervised", "mean_teacher", "uamt", "ucmt", *bench.VARIANTS):
+            name = bench.VARIANTS.get(method, (method,))[0]
+            build_params(METHODS[name].Params, bench.scaled(setting, name, 1000)[1], method)
