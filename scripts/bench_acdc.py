@@ -96,7 +96,8 @@ SETTINGS = {
 # UCMT trains with AdamW at a constant rate (UCMT paper).
 METHOD_TRAIN = {"ucmt": {"optimizer": "adamw", "lr": 1e-4, "lr_schedule": "constant", "weight_decay": 1e-4}}
 PAPER_ITERATIONS = 30000
-# Named variants: (library method, parameter overrides as functions of the budget).
+# Named variants: (library method, parameter overrides as functions of the budget,
+# optionally train overrides replacing METHOD_TRAIN's).
 # CoraNet's 1/10 pre-training ends before the network predicts any foreground at this
 # budget (the supervised run's labeled loss only starts to fall after ~150 of 400
 # iterations), so its first pseudo labels are all background; this variant pre-trains
@@ -104,7 +105,9 @@ PAPER_ITERATIONS = 30000
 # UA-DCT's supervised term is the paper's (uncertainty-weighted) CE; every other method
 # here has a Dice term, so this variant adds the soft Dice to it.
 VARIANTS = {"coranet_pretrain_half": ("coranet", {"pretrain_iterations": lambda n: n // 2}),
-            "uadct_ce_dice": ("uadct", {"sup_loss": lambda n: "ce_dice"})}
+            "uadct_ce_dice": ("uadct", {"sup_loss": lambda n: "ce_dice"}),
+            # UCMT with the SGD schedule of every other row instead of its paper's AdamW.
+            "ucmt_sgd": ("ucmt", {}, {})}
 
 
 def method_params(method: str, setting: dict, iterations: int) -> dict:
@@ -217,9 +220,10 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     # No validation list in the training split: val_every only matters if one is added.
-    name, overrides = VARIANTS.get(method, (method, {}))
+    name, overrides, *train_overrides = VARIANTS.get(method, (method, {}))
     params = {**method_params(name, setting, iterations), **{k: f(iterations) for k, f in overrides.items()}}
-    train = {**setting["train"], **METHOD_TRAIN.get(name, {}), "seed": seed, "iterations": iterations,
+    train_extra = train_overrides[0] if train_overrides else METHOD_TRAIN.get(name, {})
+    train = {**setting["train"], **train_extra, "seed": seed, "iterations": iterations,
              "val_every": iterations + 1}
     cfg = {
         "data": {**setting["data"], "dataset": str(train_split), "cache_dir": str(out / "cache")},

@@ -75,7 +75,7 @@ def test_every_method_params_are_valid_and_ramps_end_in_budget(bench, iterations
 
 def test_variants_build_valid_params_of_their_method(bench):
     setting = bench.SETTINGS["cpu"]
-    for variant, (method, overrides) in bench.VARIANTS.items():
+    for variant, (method, overrides, *_) in bench.VARIANTS.items():
         raw = {**bench.method_params(method, setting, 400), **{k: f(400) for k, f in overrides.items()}}
         params = build_params(METHODS[method].Params, raw, variant)
         for key, f in overrides.items():
