@@ -30,7 +30,8 @@ UCMT alone uses AdamW 1e-4 at a constant rate, as in its paper):
 
 Method schedules given in "epochs" are scaled to the iteration budget so that every
 ramp and stage ends inside it (``method_params`` below; the paper setting gives the
-reference values).
+reference values). Named variants (``VARIANTS``: ``coranet_pretrain_half``,
+``uadct_ce_dice``, ``ucmt_sgd``) change one thing of a method, to explain a row.
 
 Each (method, seed) runs ``semisup train`` then ``semisup predict`` (one
 deterministic pass, ``--mc-samples 1``, as SSL4MIS tests) and ``semisup evaluate``
