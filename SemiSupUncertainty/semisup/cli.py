@@ -1,4 +1,4 @@
-"""Command line: ``semisup train | predict | evaluate | demo``.
+"""Command line: ``semisup train | predict | evaluate | compare | demo``.
 
 The Slicer module runs the same commands in a worker process; the contract is
 docs/worker-protocol.md (progress as JSON lines on stdout, exit codes).
@@ -79,6 +79,16 @@ def cmd_evaluate(args: argparse.Namespace, emit: Emitter) -> int:
     return EXIT_OK
 
 
+def cmd_compare(args: argparse.Namespace, emit: Emitter) -> int:
+    from .compare import compare_metrics
+
+    for metric in args.metric:
+        result = compare_metrics(args.baseline, args.candidate, metric)
+        emit("comparison", **result.as_dict())
+        print(result.summary(), file=sys.stderr)
+    return EXIT_OK
+
+
 def cmd_demo(args: argparse.Namespace, emit: Emitter) -> int:
     from .demo import run_demo
 
@@ -134,6 +144,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", type=Path, help="where metrics.csv/json go (default: the predictions folder)")
     progress_flag(p)
     p.set_defaults(func=cmd_evaluate)
+
+    p = sub.add_parser("compare", help="paired per-case comparison of two evaluated runs (Wilcoxon signed-rank)")
+    p.add_argument("--baseline", required=True, type=Path, help="metrics.json of the baseline (or its folder)")
+    p.add_argument("--candidate", required=True, type=Path, help="metrics.json of the candidate (or its folder)")
+    p.add_argument("--metric", nargs="+", default=["dice"], choices=["dice", "jaccard", "hd95", "asd"])
+    progress_flag(p)
+    p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("demo", help="synthetic data, a few CPU minutes of training, predictions, uncertainty and a report")
     p.add_argument("--output", type=Path, default=Path("semisup-demo"), help="demo folder (default: ./semisup-demo)")
