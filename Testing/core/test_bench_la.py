@@ -56,4 +56,5 @@ def test_every_method_and_variant_has_valid_params(bench):
     for setting in bench.SETTINGS.values():
         for method in ("supervised", "mean_teacher", "uamt", "ucmt", *bench.VARIANTS):
             name = bench.VARIANTS.get(method, (method,))[0]
-            build_params(METHODS[name].Params, bench.scaled(setting, name, 1000)[1], method)
+            overrides = bench.VARIANTS.get(method, (method, {}, {}))[2]
+            build_params(METHODS[name].Params, {**bench.scaled(setting, name, 1000)[1], **overrides}, method)
