@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,10 @@ import pytest
 from semisup.methods.base import build_params
 from semisup.methods.registry import METHODS
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_acdc.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_acdc", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("bench_acdc")
 
 
 def _dataset(tmp_path: Path, patients: list[str]) -> Path:

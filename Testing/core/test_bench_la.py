@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -11,15 +10,10 @@ import pytest
 from semisup.methods.base import build_params
 from semisup.methods.registry import METHODS
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "bench_la.py"
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("bench_la", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+def bench(load_script):
+    return load_script("bench_la")
 
 
 def test_split_keeps_the_report_cases_out_of_the_unlabeled_pool(bench, tmp_path):
