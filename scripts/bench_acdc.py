@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import shutil
 import statistics
@@ -61,6 +60,7 @@ import time
 from pathlib import Path
 
 import yaml
+from benchlib import Variant, child_env, variant
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ACDC"
@@ -97,18 +97,18 @@ SETTINGS = {
 # UCMT trains with AdamW at a constant rate (UCMT paper).
 METHOD_TRAIN = {"ucmt": {"optimizer": "adamw", "lr": 1e-4, "lr_schedule": "constant", "weight_decay": 1e-4}}
 PAPER_ITERATIONS = 30000
-# Named variants: (library method, parameter overrides as functions of the budget,
-# optionally train overrides replacing METHOD_TRAIN's).
-# CoraNet's 1/10 pre-training ends before the network predicts any foreground at this
-# budget (the supervised run's labeled loss only starts to fall after ~150 of 400
-# iterations), so its first pseudo labels are all background; this variant pre-trains
-# for half the run instead.
+# Named variants (parameter values may be functions of the iteration budget).
+# CoraNet's 1/10 pre-training ends before the supervised baseline predicts any
+# foreground at this budget (its labeled loss starts to fall after ~150 of 400
+# iterations); this variant pre-trains for half the run, to test whether all-background
+# first pseudo labels cause CoraNet's collapse (measured: they do not,
+# docs/benchmarks.md).
 # UA-DCT's supervised term is the paper's (uncertainty-weighted) CE; every other method
 # here has a Dice term, so this variant adds the soft Dice to it.
-VARIANTS = {"coranet_pretrain_half": ("coranet", {"pretrain_iterations": lambda n: n // 2}),
-            "uadct_ce_dice": ("uadct", {"sup_loss": lambda n: "ce_dice"}),
+VARIANTS = {"coranet_pretrain_half": Variant("coranet", params={"pretrain_iterations": lambda n: n // 2}),
+            "uadct_ce_dice": Variant("uadct", params={"sup_loss": "ce_dice"}),
             # UCMT with the SGD schedule of every other row instead of its paper's AdamW.
-            "ucmt_sgd": ("ucmt", {}, {})}
+            "ucmt_sgd": Variant("ucmt", train={})}
 
 
 def method_params(method: str, setting: dict, iterations: int) -> dict:
@@ -221,10 +221,10 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
         shutil.rmtree(run)
     run.mkdir(parents=True, exist_ok=True)
     # No validation list in the training split: val_every only matters if one is added.
-    name, overrides, *train_overrides = VARIANTS.get(method, (method, {}))
-    params = {**method_params(name, setting, iterations), **{k: f(iterations) for k, f in overrides.items()}}
-    train_extra = train_overrides[0] if train_overrides else METHOD_TRAIN.get(name, {})
-    train = {**setting["train"], **train_extra, "seed": seed, "iterations": iterations,
+    v = variant(method, VARIANTS)
+    name = v.method
+    params = {**method_params(name, setting, iterations), **v.resolve_params(iterations)}
+    train = {**setting["train"], **v.train_overrides(METHOD_TRAIN), "seed": seed, "iterations": iterations,
              "val_every": iterations + 1}
     cfg = {
         "data": {**setting["data"], "dataset": str(train_split), "cache_dir": str(out / "cache")},
@@ -234,8 +234,7 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
         "inference": setting["inference"],
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    threads_env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    env = {**os.environ, **threads_env, "PYTHONPATH": str(REPO / "SemiSupUncertainty")}
+    env = child_env(threads)
     t0 = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(run / "stdout.jsonl", "a") as stdout, open(run / "stderr.log", "a") as stderr:
@@ -333,7 +332,7 @@ def main() -> None:
     sys.path.insert(0, str(REPO / "SemiSupUncertainty"))
     from semisup.methods import method_names
 
-    missing = sorted({VARIANTS.get(m, (m,))[0] for m in args.methods} - set(method_names()))
+    missing = sorted({variant(m, VARIANTS).method for m in args.methods} - set(method_names()))
     if missing:
         raise SystemExit(f"method(s) {missing} are not registered; available: {method_names()}")
     iterations = args.iterations or SETTINGS[args.setting]["train"]["iterations"]

@@ -36,9 +36,7 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
-import platform
 import statistics
 import sys
 import time
@@ -55,6 +53,7 @@ from semisup.config import DataConfig  # noqa: E402
 from semisup.data import preprocess_image, read_image  # noqa: E402
 from semisup.inference import predict_volume, predict_volume_reference  # noqa: E402
 from semisup.networks.vnet import VNet  # noqa: E402
+from benchlib import matmul_tflops, run_header  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -63,26 +62,6 @@ SETTINGS: dict[str, dict[str, Any]] = {
     # UA-MT paper: native 0.625 mm, V-Net 16 filters, 112 x 112 x 80 windows.
     "paper": {"base_filters": 16, "roi": [112, 112, 80], "target_spacing": None},
 }
-
-
-def matmul_tflops(device: torch.device, dtype: torch.dtype = torch.float32, n: int = 4096, reps: int = 5) -> float:
-    """Dense matmul rate; on the CPU from process CPU time per thread (robust to other jobs' load)."""
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    best = float("inf")
-    for _ in range(reps):
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            a @ b
-            torch.cuda.synchronize()
-            best = min(best, time.perf_counter() - t0)
-        else:
-            c0 = time.process_time()
-            a @ b
-            best = min(best, (time.process_time() - c0) / torch.get_num_threads())
-    return 2 * n**3 / best / 1e12
 
 
 def load_volume(data: Path, case: int, setting: dict) -> tuple[torch.Tensor, str]:
@@ -169,11 +148,7 @@ def main() -> int:
     }
     runs = {k: v for k, v in runs.items() if k in args.paths}
     report: dict[str, Any] = {
-        "date": datetime.date.today().isoformat(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
+        **run_header(device),
         "setting": args.setting,
         "case": name,
         "volume_shape": list(image.shape[2:]),

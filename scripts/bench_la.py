@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import subprocess
 import sys
@@ -36,6 +35,7 @@ import time
 from pathlib import Path
 
 import yaml
+from benchlib import Variant, child_env, variant
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
@@ -66,13 +66,12 @@ SETTINGS = {
 }
 # UCMT trains with AdamW at a constant rate (UCMT paper).
 METHOD_TRAIN = {"ucmt": {"optimizer": "adamw", "lr": 1e-4, "lr_schedule": "constant", "weight_decay": 1e-4}}
-# Named variants: (library method, train overrides, method-parameter overrides).
-# ``ucmt_sgd`` trains UCMT with the recipe every other row uses: the setting's SGD
+# Named variants. ``ucmt_sgd`` trains UCMT with the recipe every other row uses: the setting's SGD
 # schedule and the 0.99 teacher EMA decay of UA-MT (also UCMT's code value). The
 # paper's 0.999 averages ~1000 iterations, half of this run, and the teacher is the
 # network that predicts; AdamW 1e-4 at a constant rate learned slowly at 800
 # iterations (docs/benchmarks.md).
-VARIANTS = {"ucmt_sgd": ("ucmt", {}, {"ema_alpha": 0.99})}
+VARIANTS = {"ucmt_sgd": Variant("ucmt", params={"ema_alpha": 0.99}, train={})}
 
 
 def write_split(data: Path, labeled: int, out: Path) -> Path:
@@ -112,10 +111,11 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
                threads: int) -> dict:
     run = out / method
     run.mkdir(parents=True, exist_ok=True)
-    name, train_overrides, param_overrides = VARIANTS.get(method, (method, METHOD_TRAIN.get(method, {}), {}))
+    v = variant(method, VARIANTS)
+    name = v.method
     base_train, params = scaled(setting, name, iterations)
-    params = {**params, **param_overrides}
-    train = {**base_train, **train_overrides, "seed": seed}
+    params = {**params, **v.resolve_params(base_train["iterations"])}
+    train = {**base_train, **v.train_overrides(METHOD_TRAIN), "seed": seed}
     cfg = {
         "data": {**setting["data"], "dataset": str(dataset), "cache_dir": str(cache)},
         "network": setting["network"],
@@ -124,12 +124,12 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
         "inference": setting["inference"],
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
-    threads_env = {k: str(threads) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
-    env = {**os.environ, **threads_env, "PYTHONPATH": str(REPO / "SemiSupUncertainty")}
+    env = child_env(threads)
     t0 = time.time()
     before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    subprocess.run([sys.executable, "-m", "semisup", "train", "--run-dir", str(run), "--resume", "--progress", "json"],
-                   check=True, env=env, stdout=open(run / "stdout.jsonl", "w"))
+    with open(run / "stdout.jsonl", "w") as stdout:
+        subprocess.run([sys.executable, "-m", "semisup", "train", "--run-dir", str(run), "--resume", "--progress", "json"],
+                       check=True, env=env, stdout=stdout)
     train_s = time.time() - t0
     peak_rss_mib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
     events = [json.loads(l) for l in (run / "stdout.jsonl").read_text().splitlines() if l.strip()]

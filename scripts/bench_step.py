@@ -46,10 +46,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import json
 import math
-import platform
 import resource
 import statistics
 import sys
@@ -69,6 +67,7 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from semisup.config import DataConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig  # noqa: E402
 from semisup.methods import build_method  # noqa: E402
 import semisup.methods.uamt as uamt_module  # noqa: E402
+from benchlib import matmul_tflops, run_header  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
     # The CPU setting of scripts/bench_la.py: what a user trains on a workstation CPU.
@@ -342,25 +341,6 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
-def matmul_tflops(device: torch.device, dtype: torch.dtype, n: int = 4096, reps: int = 5) -> float:
-    """Dense matmul rate, best of ``reps``: the device's attainable rate.
-
-    On the CPU from process CPU time per thread, which other jobs' load does not inflate.
-    """
-    a = torch.randn(n, n, device=device, dtype=dtype)
-    b = torch.randn(n, n, device=device, dtype=dtype)
-    a @ b
-    sync(device)
-    best = float("inf")
-    for _ in range(reps):
-        t0, c0 = time.perf_counter(), time.process_time()
-        a @ b
-        sync(device)
-        wall, cpu = time.perf_counter() - t0, (time.process_time() - c0) / torch.get_num_threads()
-        best = min(best, wall if device.type == "cuda" else cpu)
-    return 2 * n**3 / best / 1e12
-
-
 def count_flops(fn: Callable[[], Any]) -> int:
     with FlopCounterMode(display=False) as counter:
         fn()
@@ -543,11 +523,7 @@ def main() -> int:
         torch.backends.cudnn.benchmark = True
 
     report: dict[str, Any] = {
-        "date": datetime.date.today().isoformat(),
-        "command": " ".join([Path(sys.executable).name, *sys.argv]),
-        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else
-        f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)",
-        "torch": torch.__version__,
+        **run_header(device),
         "setting": args.setting,
         "setting_values": setting,
         "matmul_tflops": {"fp32": matmul_tflops(device, torch.float32), "bf16": matmul_tflops(device, torch.bfloat16)},

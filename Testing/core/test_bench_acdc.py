@@ -69,8 +69,9 @@ def test_every_method_params_are_valid_and_ramps_end_in_budget(bench, iterations
 
 def test_variants_build_valid_params_of_their_method(bench):
     setting = bench.SETTINGS["cpu"]
-    for variant, (method, overrides, *_) in bench.VARIANTS.items():
-        raw = {**bench.method_params(method, setting, 400), **{k: f(400) for k, f in overrides.items()}}
-        params = build_params(METHODS[method].Params, raw, variant)
-        for key, f in overrides.items():
-            assert getattr(params, key) == f(400)
+    for name, variant in bench.VARIANTS.items():
+        overrides = variant.resolve_params(400)
+        raw = {**bench.method_params(variant.method, setting, 400), **overrides}
+        params = build_params(METHODS[variant.method].Params, raw, name)
+        for key, value in overrides.items():
+            assert getattr(params, key) == value

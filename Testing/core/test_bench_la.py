@@ -49,6 +49,6 @@ def test_budget_scaling_keeps_the_fractions_of_the_run(bench, iterations):
 def test_every_method_and_variant_has_valid_params(bench):
     for setting in bench.SETTINGS.values():
         for method in ("supervised", "mean_teacher", "uamt", "ucmt", *bench.VARIANTS):
-            name = bench.VARIANTS.get(method, (method,))[0]
-            overrides = bench.VARIANTS.get(method, (method, {}, {}))[2]
-            build_params(METHODS[name].Params, {**bench.scaled(setting, name, 1000)[1], **overrides}, method)
+            v = bench.variant(method, bench.VARIANTS)
+            raw = {**bench.scaled(setting, v.method, 1000)[1], **v.resolve_params(1000)}
+            build_params(METHODS[v.method].Params, raw, method)

@@ -1,0 +1,83 @@
+"""Pieces shared by the benchmark scripts in this folder (not part of the library).
+
+The scripts run as ``python scripts/<name>.py``, which puts this folder on
+``sys.path``; torch is imported inside the functions that need it, so the sweep
+scripts that only start ``semisup`` subprocesses do not load it.
+"""
+
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def child_env(threads: int) -> dict[str, str]:
+    """Environment of a ``python -m semisup`` child: ``threads`` CPU threads, the library importable."""
+    return {**os.environ, **{k: str(threads) for k in THREAD_VARIABLES}, "PYTHONPATH": str(REPO / "SemiSupUncertainty")}
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A registered method with one thing changed, to explain a benchmark row.
+
+    ``params`` values are constants or functions of the iteration budget; ``train``,
+    when given, replaces the script's per-method train overrides (``METHOD_TRAIN``).
+    """
+
+    method: str
+    params: dict[str, Any] = field(default_factory=dict)
+    train: dict[str, Any] | None = None
+
+    def resolve_params(self, iterations: int) -> dict[str, Any]:
+        return {k: v(iterations) if callable(v) else v for k, v in self.params.items()}
+
+    def train_overrides(self, method_train: dict[str, dict[str, Any]]) -> dict[str, Any]:
+        return method_train.get(self.method, {}) if self.train is None else self.train
+
+
+def variant(name: str, variants: dict[str, Variant]) -> Variant:
+    """The named variant, or the registered method ``name`` unchanged."""
+    return variants.get(name, Variant(name))
+
+
+def matmul_tflops(device: Any, dtype: Any = None, n: int = 4096, reps: int = 5) -> float:
+    """Dense matmul rate, best of ``reps``: the device's attainable rate (TFLOP/s).
+
+    On the CPU from process CPU time per thread, which other jobs' load does not inflate.
+    """
+    import torch
+
+    dtype = dtype or torch.float32
+    a = torch.randn(n, n, device=device, dtype=dtype)
+    b = torch.randn(n, n, device=device, dtype=dtype)
+    a @ b
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    best = float("inf")
+    for _ in range(reps):
+        t0, c0 = time.perf_counter(), time.process_time()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        wall, cpu = time.perf_counter() - t0, (time.process_time() - c0) / torch.get_num_threads()
+        best = min(best, wall if device.type == "cuda" else cpu)
+    return 2 * n**3 / best / 1e12
+
+
+def run_header(device: Any) -> dict[str, Any]:
+    """Date, command line, device and torch version: the head of every JSON report."""
+    import torch
+
+    name = (torch.cuda.get_device_name(device) if device.type == "cuda"
+            else f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)")
+    return {"date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
+            "device": name, "torch": torch.__version__}
