@@ -51,7 +51,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import statistics
 import subprocess
@@ -60,7 +59,7 @@ import time
 from pathlib import Path
 
 import yaml
-from benchlib import Variant, child_env, variant
+from benchlib import Variant, child_env, train_in_subprocess, variant
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ACDC"
@@ -235,14 +234,9 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = child_env(threads)
-    t0 = time.time()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(run / "stdout.jsonl", "a") as stdout, open(run / "stderr.log", "a") as stderr:
-        subprocess.run([sys.executable, "-m", "semisup", "train", "--run-dir", str(run), "--resume", "--progress", "json"],
-                       check=True, env=env, stdout=stdout, stderr=stderr)
-    wall_s = time.time() - t0
-    # RUSAGE_CHILDREN is the largest child so far in this sweep, not this method alone.
-    peak_rss_mib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        # The peak RSS is the largest child so far in this sweep, not this method alone.
+        wall_s, peak_rss_mib = train_in_subprocess(run, env, stdout, stderr)
     events = [json.loads(l) for l in (run / "progress.jsonl").read_text().splitlines() if l.strip()]
     rates = [e["it_per_s"] for e in events if e["event"] == "iteration" and e.get("it_per_s")]
     images = [c["image"] for c in json.loads(eval_split.read_text())["validation"]]

@@ -28,14 +28,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import yaml
-from benchlib import Variant, child_env, variant
+from benchlib import Variant, child_env, train_in_subprocess, variant
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
@@ -125,13 +124,8 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
     }
     (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
     env = child_env(threads)
-    t0 = time.time()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     with open(run / "stdout.jsonl", "w") as stdout:
-        subprocess.run([sys.executable, "-m", "semisup", "train", "--run-dir", str(run), "--resume", "--progress", "json"],
-                       check=True, env=env, stdout=stdout)
-    train_s = time.time() - t0
-    peak_rss_mib = max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
+        train_s, peak_rss_mib = train_in_subprocess(run, env, stdout)
     events = [json.loads(l) for l in (run / "stdout.jsonl").read_text().splitlines() if l.strip()]
     rates = [e["it_per_s"] for e in events if e["event"] == "iteration" and e.get("it_per_s")]
     split = json.loads(dataset.read_text())

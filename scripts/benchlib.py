@@ -10,6 +10,8 @@ from __future__ import annotations
 import datetime
 import os
 import platform
+import resource
+import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
@@ -23,6 +25,20 @@ THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"
 def child_env(threads: int) -> dict[str, str]:
     """Environment of a ``python -m semisup`` child: ``threads`` CPU threads, the library importable."""
     return {**os.environ, **{k: str(threads) for k in THREAD_VARIABLES}, "PYTHONPATH": str(REPO / "SemiSupUncertainty")}
+
+
+def train_in_subprocess(run: Path, env: dict[str, str], stdout: Any, stderr: Any = None) -> tuple[float, float]:
+    """``semisup train --resume`` of the run folder ``run`` as a child process.
+
+    Returns the wall seconds and the peak RSS in MiB. The peak is ``RUSAGE_CHILDREN``:
+    the largest child of this process so far, an upper bound for later runs of a sweep.
+    """
+    t0 = time.time()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    subprocess.run([sys.executable, "-m", "semisup", "train", "--run-dir", str(run), "--resume", "--progress", "json"],
+                   check=True, env=env, stdout=stdout, stderr=stderr)
+    seconds = time.time() - t0
+    return seconds, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
 @dataclass(frozen=True)
