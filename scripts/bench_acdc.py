@@ -105,6 +105,10 @@ PAPER_ITERATIONS = 30000
 # UA-DCT's supervised term is the paper's (uncertainty-weighted) CE; every other method
 # here has a Dice term, so this variant adds the soft Dice to it.
 VARIANTS = {"coranet_pretrain_half": Variant("coranet", params={"pretrain_iterations": lambda n: n // 2}),
+            # CoraNet's Dice terms over the batch (SSL4MIS) instead of per slice.
+            "coranet_batch_dice": Variant("coranet", params={"dice_over_batch": True}),
+            # Pre-training for the whole run: is the main head learning at all?
+            "coranet_pretrain_only": Variant("coranet", params={"pretrain_iterations": lambda n: n}),
             "uadct_ce_dice": Variant("uadct", params={"sup_loss": "ce_dice"}),
             # UCMT with the SGD schedule of every other row instead of its paper's AdamW.
             "ucmt_sgd": Variant("ucmt", train={})}

@@ -119,6 +119,19 @@ def test_masked_soft_dice_by_hand():
     assert masked_soft_dice(logits, target, torch.tensor([[1.0, 0.0]])).item() == pytest.approx(expected, abs=1e-5)
 
 
+def test_masked_soft_dice_over_batch_by_hand():
+    # Two samples of one pixel each: p = (.5, .5) label 0, and p = (.25, .75) label 1.
+    logits = torch.cat([_logits([0.5, 0.5]), _logits([0.25, 0.75])]).float()
+    target = torch.tensor([[0], [1]])
+    ones = torch.ones(2, 1)
+    # Over the batch: class 0: 2*0.5 / (1.5 + 0.25); class 1: 2*0.75 / (0.5 + 1.75).
+    expected = 1 - (1.0 / 1.75 + 1.5 / 2.25) / 2
+    assert masked_soft_dice(logits, target, ones, over_batch=True).item() == pytest.approx(expected, abs=1e-5)
+    # Per sample, the class absent from each sample scores ~0: 1 - (1/1.5 + 0 + 0 + 1.5/1.75) / 4.
+    expected = 1 - (1.0 / 1.5 + 1.5 / 1.75) / 4
+    assert masked_soft_dice(logits, target, ones).item() == pytest.approx(expected, abs=1e-4)
+
+
 def test_masked_sq_distance_by_hand():
     p_s = torch.tensor([[[0.5, 0.2], [0.5, 0.8]]])  # (1, C=2, N=2)
     p_t = torch.tensor([[[1.0, 0.2], [0.0, 0.8]]])

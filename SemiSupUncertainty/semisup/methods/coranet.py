@@ -104,6 +104,10 @@ class CoraNetParams:
     supervised: str = "paper"
     # Certain region: CE only (paper Eq. 7) or (CE + masked Dice) / 2 (code).
     certain_dice: bool = False
+    # Dice terms ratio per sample (code; 3D binary patches always hold the object) or
+    # over the whole batch (SSL4MIS 2D multi-class; a class absent from one slice
+    # then does not push its probability to zero there).
+    dice_over_batch: bool = False
     # Weight of L_c-sn (paper IV-D3: 1:1 with L_cnt; code 1).
     certain_weight: float = 1.0
     # Weight of L_cnt (paper IV-D3: 1; code 0.1 x consistency 0.1 = 0.01).
@@ -160,18 +164,26 @@ def masked_ce(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) ->
     return (mask * ce).sum() / (mask.sum() + MASK_EPS)
 
 
-def masked_soft_dice(logits: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, smooth: float = DICE_SMOOTH) -> torch.Tensor:
+def masked_soft_dice(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor,
+    smooth: float = DICE_SMOOTH,
+    over_batch: bool = False,
+) -> torch.Tensor:
     """Soft Dice loss restricted to ``mask`` (CoraNet code ``DiceLoss(..., mask)``).
 
     Per sample and class, background included, linear denominators:
-    ``1 - mean_{b,c} (2 sum m p y + s) / (sum m (p + y) + s)``.
+    ``1 - mean_{b,c} (2 sum m p y + s) / (sum m (p + y) + s)``. ``over_batch`` sums
+    over the batch as well before the ratio (one ratio per class).
     """
     num_classes = logits.shape[1]
     probs = torch.softmax(logits.float(), dim=1).flatten(2)
     onehot = F.one_hot(target.long().flatten(1), num_classes).permute(0, 2, 1).float()
     m = mask.flatten(1).unsqueeze(1).float()
-    inter = (probs * onehot * m).sum(dim=2)
-    union = ((probs + onehot) * m).sum(dim=2)
+    dims = (0, 2) if over_batch else 2
+    inter = (probs * onehot * m).sum(dim=dims)
+    union = ((probs + onehot) * m).sum(dim=dims)
     return 1.0 - ((2.0 * inter + smooth) / (union + smooth)).mean()
 
 
@@ -280,7 +292,9 @@ class CoraNet(Method):
         ce_rad = weighted_ce(heads["rad"], y, self.w_rad)
         logs = {"ce": ce.detach(), "ce_con": ce_con.detach(), "ce_rad": ce_rad.detach()}
         if self.params.supervised == "code":
-            dice = masked_soft_dice(heads["main"], y, torch.ones_like(y, dtype=torch.float32))
+            dice = masked_soft_dice(
+                heads["main"], y, torch.ones_like(y, dtype=torch.float32), over_batch=self.params.dice_over_batch
+            )
             logs["dice"] = dice.detach()
             return (ce + dice + ce_con + ce_rad) / 4.0, logs
         return ce + ce_con + ce_rad, logs
@@ -314,7 +328,9 @@ class CoraNet(Method):
         main_u = heads["main"][b_l:]
         certain_loss = masked_ce(main_u, plab, certain)
         if p.certain_dice:
-            certain_loss = 0.5 * (certain_loss + masked_soft_dice(main_u, plab, certain))
+            certain_loss = 0.5 * (
+                certain_loss + masked_soft_dice(main_u, plab, certain, over_batch=p.dice_over_batch)
+            )
 
         with torch.no_grad():
             t_heads = self.teacher.forward_heads(x_u)
