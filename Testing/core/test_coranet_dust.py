@@ -151,9 +151,13 @@ def test_coranet_schedule_snapshot_state_and_inference():
     for step in range(9):
         method.on_iteration_start(step, context=None)
         refreshed.append(method.get_extra_state()["snapshot_step"])
-        out = method.training_step({"image": x, "label": y}, {"image": torch.randn(2, 1, 32, 32)}, step, 9)
+        x_u = torch.randn(2, 1, 32, 32)
+        out = method.training_step({"image": x, "label": y}, {"image": x_u}, step, 9)
         assert torch.isfinite(out.loss)
         assert ("certain" in out.logs) == (step >= 2)
+        if step >= 2:  # share of pseudo-labelled foreground, from the snapshot
+            plab = method.pseudo_labels(x_u)[0]
+            assert out.logs["pseudo_foreground"].item() == pytest.approx((plab > 0).float().mean().item())
         out.loss.backward()
         with torch.no_grad():  # a stand-in optimizer step so the snapshots differ
             for p in method.trainable_parameters():

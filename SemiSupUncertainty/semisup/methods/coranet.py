@@ -347,6 +347,9 @@ class CoraNet(Method):
             uncertain=uncertain_loss.detach(),
             uncertain_weight=torch.tensor(w_unc),
             uncertain_ratio=uncertain.mean().detach(),
+            # Stays 0 when pre-training ended before the network found any object:
+            # self-training then only confirms background (docs/methods.md).
+            pseudo_foreground=(plab > 0).float().mean(),
         )
         return StepOutput(loss, logs)
 
