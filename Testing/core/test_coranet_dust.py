@@ -186,6 +186,24 @@ def test_coranet_schedule_snapshot_state_and_inference():
     assert "disagree" in method.uncertainty_description()
 
 
+@pytest.mark.parametrize("winner, warned", [(0, True), (1, False)])
+def test_coranet_warns_when_pseudo_labels_hold_no_object(caplog, winner, warned):
+    method = build_method(_cfg("coranet", {"pretrain_iterations": 1, "refresh_every": 2}), num_classes=3)
+    last = method.net.heads["main"].layers[-1]
+    with torch.no_grad():  # the main head names class `winner` everywhere
+        last.weight.zero_()
+        last.bias.copy_(torch.tensor([0.0, 0.0, 0.0]).index_fill(0, torch.tensor(winner), 50.0))
+    batch = {"image": torch.randn(2, 1, 32, 32), "label": torch.zeros(2, 1, 32, 32, dtype=torch.long)}
+    with caplog.at_level("WARNING", logger="semisup.methods.coranet"):
+        for step in range(6):  # self-training from 1, refreshes at 1, 3 and 5
+            method.on_iteration_start(step, context=None)
+            method.training_step(batch, {"image": torch.randn(2, 1, 32, 32)}, step, 6)
+    messages = [r.getMessage() for r in caplog.records if "no object pixel" in r.getMessage()]
+    assert len(messages) == (1 if warned else 0)  # once per run, not at every refresh
+    if warned:
+        assert "iterations 1-2" in messages[0] and "pretrain_iterations=1" in messages[0]
+
+
 def test_coranet_parameter_errors():
     with pytest.raises(ConfigError, match="con_weights"):
         build_method(_cfg("coranet", {"con_weights": [1.0, 2.0, 3.0]}), num_classes=2)

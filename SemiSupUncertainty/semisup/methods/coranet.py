@@ -245,6 +245,11 @@ class CoraNet(Method):
         self.snapshot = init_teacher(copy.deepcopy(self.net))
         self.snapshot.eval()
         self._snapshot_step = -1  # iteration at which the snapshot was taken; -1: none yet
+        # Object pixels pseudo-labelled since the last refresh (a tensor: read only at refresh,
+        # so that training does not wait on the device every step).
+        self._object_pixels: torch.Tensor | int = 0
+        self._pseudo_batches = 0  # unlabeled batches pseudo-labelled since the last refresh
+        self._warned_background_only = False
 
     # -- state ---------------------------------------------------------------------
     def get_extra_state(self) -> dict[str, Any]:
@@ -268,9 +273,18 @@ class CoraNet(Method):
             return False
         if self._snapshot_step >= 0 and step - self._snapshot_step < self.refresh_every:
             return False
+        if self._pseudo_batches and int(self._object_pixels) == 0 and not self._warned_background_only:
+            log.warning(
+                "coranet: the pseudo labels of iterations %d-%d hold no object pixel: pre-training "
+                "(pretrain_iterations=%d) ended before the network segments, so self-training only "
+                "confirms background; lengthen pretrain_iterations",
+                self._snapshot_step, step - 1, self.pretrain_iterations,
+            )
+            self._warned_background_only = True
         self.snapshot.load_state_dict(self.net.state_dict())
         self.snapshot.eval()
         self._snapshot_step = int(step)
+        self._object_pixels, self._pseudo_batches = 0, 0
         log.info("coranet: pseudo labels and masks refreshed at iteration %d", step)
         return True
 
@@ -351,6 +365,8 @@ class CoraNet(Method):
             # self-training then only confirms background (docs/methods.md).
             pseudo_foreground=(plab > 0).float().mean(),
         )
+        self._object_pixels = self._object_pixels + (plab > 0).sum()
+        self._pseudo_batches += 1
         return StepOutput(loss, logs)
 
     def after_optimizer_step(self, step: int) -> None:
