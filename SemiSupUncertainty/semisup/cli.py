@@ -146,8 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("compare", help="paired per-case comparison of two evaluated runs (Wilcoxon signed-rank)")
-    p.add_argument("--baseline", required=True, type=Path, help="metrics.json of the baseline (or its folder)")
-    p.add_argument("--candidate", required=True, type=Path, help="metrics.json of the candidate (or its folder)")
+    p.add_argument("--baseline", required=True, type=Path, nargs="+",
+                   help="metrics.json of the baseline (or its folder); several (seeds) are averaged per case")
+    p.add_argument("--candidate", required=True, type=Path, nargs="+",
+                   help="metrics.json of the candidate (or its folder); several (seeds) are averaged per case")
     p.add_argument("--metric", nargs="+", default=["dice"], choices=["dice", "jaccard", "hd95", "asd"])
     progress_flag(p)
     p.set_defaults(func=cmd_compare)

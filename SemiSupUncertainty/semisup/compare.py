@@ -4,6 +4,8 @@ With one training seed and a few test cases, the difference of two mean Dice
 figures says little on its own; the per-case differences do: how many cases the
 candidate improves, and a Wilcoxon signed-rank test of the paired differences
 (scipy). Inputs are the ``metrics.json`` files written by ``semisup evaluate``.
+A side given several runs (e.g. training seeds) is scored per case by the mean over
+its runs, so the test pairs cases, not runs.
 """
 
 from __future__ import annotations
@@ -11,11 +13,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .data import DataError
 
-__all__ = ["PairedComparison", "compare_metrics", "load_case_scores"]
+__all__ = ["PairedComparison", "compare_metrics", "load_case_scores", "mean_case_scores"]
+
 
 #: Metrics where a larger value is better; distances (hd95, asd) are better smaller.
 HIGHER_IS_BETTER = {"dice": True, "jaccard": True, "hd95": False, "asd": False}
@@ -37,6 +40,8 @@ class PairedComparison:
         Cases where the candidate is better / worse (direction of the metric).
     p_value
         Two-sided Wilcoxon signed-rank test; ``None`` when every difference is zero.
+    baseline_runs, candidate_runs
+        Runs averaged per case on each side.
     """
 
     metric: str
@@ -48,13 +53,17 @@ class PairedComparison:
     improved: int
     worsened: int
     p_value: float | None
+    baseline_runs: int = 1
+    candidate_runs: int = 1
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def summary(self) -> str:
         p = "n/a" if self.p_value is None else f"{self.p_value:.3g}"
-        return (f"{self.metric}: baseline {self.baseline_mean:.4f}, candidate {self.candidate_mean:.4f}, "
+        runs = "" if self.baseline_runs == self.candidate_runs == 1 else (
+            f" (per-case mean over {self.baseline_runs} baseline and {self.candidate_runs} candidate runs)")
+        return (f"{self.metric}{runs}: baseline {self.baseline_mean:.4f}, candidate {self.candidate_mean:.4f}, "
                 f"difference {self.mean_difference:+.4f} (median {self.median_difference:+.4f}); "
                 f"better on {self.improved}/{self.cases} cases, worse on {self.worsened}; Wilcoxon p = {p}")
 
@@ -73,16 +82,43 @@ def load_case_scores(path: str | Path, metric: str) -> dict[str, float]:
         raise DataError(f"{path}: not a metrics.json from `semisup evaluate` with per-case {metric!r} ({exc})") from None
 
 
-def compare_metrics(baseline: str | Path, candidate: str | Path, metric: str = "dice") -> PairedComparison:
-    """Compare ``candidate`` with ``baseline`` case by case (see the module docstring)."""
-    if metric not in HIGHER_IS_BETTER:
-        raise DataError(f"metric must be one of {sorted(HIGHER_IS_BETTER)}, got {metric!r}")
-    a, b = load_case_scores(baseline, metric), load_case_scores(candidate, metric)
+def _paths(runs: str | Path | Sequence[str | Path]) -> list[Path]:
+    return [Path(runs)] if isinstance(runs, (str, Path)) else [Path(r) for r in runs]
+
+
+def _same_cases(a: dict[str, float], b: dict[str, float], name_a: Path, name_b: Path) -> None:
     if set(a) != set(b):
         only = sorted(set(a) ^ set(b))
-        raise DataError(f"{baseline} and {candidate} scored different cases (e.g. {only[:3]}): compare runs on the same cases")
+        raise DataError(f"{name_a} and {name_b} scored different cases (e.g. {only[:3]}): compare runs on the same cases")
+
+
+def mean_case_scores(runs: str | Path | Sequence[str | Path], metric: str) -> dict[str, float]:
+    """Per-case mean of ``metric`` over one or more runs that scored the same cases."""
+    paths = _paths(runs)
+    if not paths:
+        raise DataError("no metrics.json given")
+    scores = [load_case_scores(p, metric) for p in paths]
+    for path, s in zip(paths[1:], scores[1:]):
+        _same_cases(scores[0], s, paths[0], path)
+    return {case: sum(s[case] for s in scores) / len(scores) for case in scores[0]}
+
+
+def compare_metrics(
+    baseline: str | Path | Sequence[str | Path],
+    candidate: str | Path | Sequence[str | Path],
+    metric: str = "dice",
+) -> PairedComparison:
+    """Compare ``candidate`` with ``baseline`` case by case (see the module docstring).
+
+    Each side is one ``metrics.json`` (or its folder) or several, averaged per case.
+    """
+    if metric not in HIGHER_IS_BETTER:
+        raise DataError(f"metric must be one of {sorted(HIGHER_IS_BETTER)}, got {metric!r}")
+    base_paths, cand_paths = _paths(baseline), _paths(candidate)
+    a, b = mean_case_scores(base_paths, metric), mean_case_scores(cand_paths, metric)
+    _same_cases(a, b, base_paths[0], cand_paths[0])
     if not a:
-        raise DataError(f"{baseline}: no cases")
+        raise DataError(f"{base_paths[0]}: no cases")
     names = sorted(a)
     diffs = [b[n] - a[n] for n in names]
     sign = 1.0 if HIGHER_IS_BETTER[metric] else -1.0
@@ -104,4 +140,6 @@ def compare_metrics(baseline: str | Path, candidate: str | Path, metric: str = "
         improved=sum(sign * d > 0 for d in diffs),
         worsened=sum(sign * d < 0 for d in diffs),
         p_value=p_value,
+        baseline_runs=len(base_paths),
+        candidate_runs=len(cand_paths),
     )

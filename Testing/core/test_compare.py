@@ -65,3 +65,23 @@ def test_cli_prints_the_summary_and_a_json_event(tmp_path, capsys):
     assert event["event"] == "comparison" and event["improved"] == 2 and event["worsened"] == 1
     assert "better on 2/3 cases" in err
     assert main(["compare", "--baseline", str(base), "--candidate", str(tmp_path / "x"), "--progress", "none"]) == EXIT_BAD_INPUT
+
+
+def test_several_runs_per_side_are_averaged_per_case(tmp_path):
+    # Two baseline seeds average to 0.5 on every case; the candidate seeds to 0.6, 0.4, 0.7.
+    base = [_metrics(tmp_path / "a1", {"c0": 0.4, "c1": 0.6, "c2": 0.5}),
+            _metrics(tmp_path / "a2", {"c0": 0.6, "c1": 0.4, "c2": 0.5})]
+    cand = [_metrics(tmp_path / "b1", {"c0": 0.6, "c1": 0.4, "c2": 0.8}),
+            _metrics(tmp_path / "b2", {"c0": 0.6, "c1": 0.4, "c2": 0.6}),
+            _metrics(tmp_path / "b3", {"c0": 0.6, "c1": 0.4, "c2": 0.7})]
+    r = compare_metrics(base, cand, "dice")
+    assert (r.baseline_runs, r.candidate_runs, r.cases) == (2, 3, 3)
+    assert r.baseline_mean == pytest.approx(0.5) and r.candidate_mean == pytest.approx(1.7 / 3)
+    assert (r.improved, r.worsened) == (2, 1)  # differences +0.1, -0.1, +0.2
+    assert r.median_difference == pytest.approx(0.1)
+    assert "mean over 2 baseline and 3 candidate runs" in r.summary()
+    # the runs of one side must score the same cases, and the error names both files
+    odd = _metrics(tmp_path / "a3", {"c0": 0.5, "c9": 0.5})
+    with pytest.raises(DataError, match="a1.*a3.*different cases"):
+        compare_metrics([*base, odd], cand)
+    assert main(["compare", "--baseline", *map(str, base), "--candidate", *map(str, cand), "--progress", "none"]) == EXIT_OK
