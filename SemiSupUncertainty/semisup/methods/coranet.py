@@ -104,9 +104,9 @@ class CoraNetParams:
     supervised: str = "paper"
     # Certain region: CE only (paper Eq. 7) or (CE + masked Dice) / 2 (code).
     certain_dice: bool = False
-    # Dice terms ratio per sample (code; 3D binary patches always hold the object) or
-    # over the whole batch (SSL4MIS 2D multi-class; a class absent from one slice
-    # then does not push its probability to zero there).
+    # Dice terms: one ratio per sample and class (code; its 3D binary patches always
+    # hold the object) or per class over the batch (SSL4MIS 2D multi-class, where a
+    # class is often absent from a slice). No effect on the ACDC outcome measured.
     dice_over_batch: bool = False
     # Weight of L_c-sn (paper IV-D3: 1:1 with L_cnt; code 1).
     certain_weight: float = 1.0
