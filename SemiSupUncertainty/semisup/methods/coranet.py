@@ -338,6 +338,7 @@ class CoraNet(Method):
         heads = self.net.forward_heads(torch.cat([x_l, x_u]))
         sup, logs = self.labeled_loss({k: v[:b_l] for k, v in heads.items()}, y_l)
         plab, certain, uncertain = self.pseudo_labels(x_u)
+        objects = plab > 0
 
         main_u = heads["main"][b_l:]
         certain_loss = masked_ce(main_u, plab, certain)
@@ -363,9 +364,9 @@ class CoraNet(Method):
             uncertain_ratio=uncertain.mean().detach(),
             # Stays 0 when pre-training ended before the network found any object:
             # self-training then only confirms background (docs/methods.md).
-            pseudo_foreground=(plab > 0).float().mean(),
+            pseudo_foreground=objects.float().mean(),
         )
-        self._object_pixels = self._object_pixels + (plab > 0).sum()
+        self._object_pixels = self._object_pixels + objects.sum()
         self._pseudo_batches += 1
         return StepOutput(loss, logs)
 
