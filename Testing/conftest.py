@@ -31,10 +31,10 @@ def shared_data() -> Path:
 def _load_script(name: str):
     import importlib.util
 
-    scripts = Path(__file__).resolve().parents[1] / "scripts"
-    if str(scripts) not in sys.path:  # as `python scripts/<name>.py` has it, for `import benchlib`
-        sys.path.append(str(scripts))
-    path = scripts / f"{name}.py"
+    folder = REPO / "benchmarks"
+    if str(folder) not in sys.path:  # as `python benchmarks/<name>.py` has it, for `import harness`
+        sys.path.append(str(folder))
+    path = folder / f"{name}.py"
     spec = importlib.util.spec_from_file_location(name, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -43,5 +43,5 @@ def _load_script(name: str):
 
 @pytest.fixture(scope="session")
 def load_script():
-    """``load_script(name)`` imports ``scripts/<name>.py`` (the scripts are not a package)."""
+    """``load_script(name)`` imports ``benchmarks/<name>.py`` (the benchmarks are not a package)."""
     return _load_script

@@ -1,3 +1,5 @@
 """Uncertainty-aware semi-supervised segmentation: the Slicer-free core library."""
 
-__version__ = "0.1.0"
+from ._version import __version__
+
+__all__ = ["__version__"]

@@ -1,5 +1,7 @@
 """Command line: ``semisup train | predict | evaluate | compare | demo``.
 
+This module only parses: each verb's behaviour is ``semisup.commands.<verb>.run``.
+
 The Slicer module runs the same commands in a worker process; the contract is
 docs/worker-protocol.md (progress as JSON lines on stdout, exit codes).
 """
@@ -7,19 +9,21 @@ docs/worker-protocol.md (progress as JSON lines on stdout, exit codes).
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import sys
 from pathlib import Path
 from typing import Sequence
 
-from . import __version__
-from .config import ConfigError, RunConfig, load_config
+from . import commands
+from ._version import __version__
+from .commands import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+from .config import ConfigError
 from .data import DataError
 from .engine import BarSink, CheckpointError, Emitter, FileSink, JsonLinesSink, TrainingCancelled, TrainingDiverged
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_BAD_INPUT", "EXIT_CANCELLED"]
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
 BAD_INPUT = (ConfigError, DataError, CheckpointError, FileNotFoundError)
 
 
@@ -34,67 +38,14 @@ def _emitter(progress: str, log_file: Path | None = None) -> Emitter:
     return Emitter(sinks)
 
 
-def _parse_sets(items: Sequence[str]) -> dict[str, str]:
-    out = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects section.key=value, got {item!r}")
-        key, value = item.split("=", 1)
-        out[key.strip()] = value
-    return out
+def _command(name: str):
+    """The ``run`` of ``semisup.commands.<name>``, imported when the verb runs."""
 
+    def run(args: argparse.Namespace, emit: Emitter) -> int:
+        module = importlib.import_module(f"{commands.__name__}.{name}")
+        return module.run(args, emit)
 
-def cmd_train(args: argparse.Namespace, emit: Emitter) -> int:
-    from .engine.trainer import Trainer
-
-    run_dir = Path(args.run_dir)
-    config = args.config or (run_dir / "config.yaml")
-    cfg = load_config(config, _parse_sets(args.set))
-    if not cfg.data.dataset:
-        raise ConfigError(f"{config}: data.dataset is empty: name the dataset.json to train on")
-    Trainer(cfg, run_dir, emit, resume=args.resume).fit()
-    return EXIT_OK
-
-
-def cmd_predict(args: argparse.Namespace, emit: Emitter) -> int:
-    from .predict import load_trained, predict_files, resolve_checkpoint
-
-    ckpt = resolve_checkpoint(args.run_dir, args.checkpoint)
-    model = load_trained(ckpt, args.device)
-    if args.largest_component:
-        model.cfg.inference.largest_component = True
-    out = args.output_dir or (Path(args.run_dir) / "predictions" if args.run_dir else None)
-    if out is None:
-        raise ConfigError("--output-dir is required with --checkpoint")
-    predict_files(model, args.input, out, mc_samples=args.mc_samples, save_probabilities=args.save_probabilities, emit=emit)
-    return EXIT_OK
-
-
-def cmd_evaluate(args: argparse.Namespace, emit: Emitter) -> int:
-    from .evaluate import evaluate_predictions
-
-    summary = evaluate_predictions(args.predictions, dataset=args.dataset, split=args.split, labels_dir=args.labels, output_dir=args.output_dir)
-    for name, stats in summary["mean"].items():
-        print(f"{name}: {stats['mean']:.4f} +- {stats['std']:.4f} over {stats['n']} cases", file=sys.stderr)
-    return EXIT_OK
-
-
-def cmd_compare(args: argparse.Namespace, emit: Emitter) -> int:
-    from .compare import compare_metrics
-
-    for metric in args.metric:
-        result = compare_metrics(args.baseline, args.candidate, metric)
-        emit("comparison", **result.as_dict())
-        print(result.summary(), file=sys.stderr)
-    return EXIT_OK
-
-
-def cmd_demo(args: argparse.Namespace, emit: Emitter) -> int:
-    from .demo import run_demo
-
-    paths = run_demo(args.output, iterations=args.iterations, method=args.method, emit=emit)
-    print(f"demo report: {paths['markdown']}", file=sys.stderr)
-    return EXIT_OK
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -120,7 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt when it exists")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=500")
     progress_flag(p)
-    p.set_defaults(func=cmd_train, log_name="progress.jsonl")
+    p.set_defaults(func=_command("train"), log_name="progress.jsonl")
 
     p = sub.add_parser("predict", help="predict label maps and uncertainty maps on the inputs' own grids")
     src = p.add_mutually_exclusive_group(required=True)
@@ -133,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", default=None, help="also write class probabilities")
     p.add_argument("--largest-component", action="store_true", help="keep the largest connected component per class")
     progress_flag(p)
-    p.set_defaults(func=cmd_predict)
+    p.set_defaults(func=_command("predict"))
 
     p = sub.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD per class against reference labels")
     p.add_argument("--predictions", required=True, type=Path, help="folder of <case>_label.nrrd files")
@@ -143,7 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="validation", choices=["training", "validation", "test"])
     p.add_argument("--output-dir", type=Path, help="where metrics.csv/json go (default: the predictions folder)")
     progress_flag(p)
-    p.set_defaults(func=cmd_evaluate)
+    p.set_defaults(func=_command("evaluate"))
 
     p = sub.add_parser("compare", help="paired per-case comparison of two evaluated runs (Wilcoxon signed-rank)")
     p.add_argument("--baseline", required=True, type=Path, nargs="+",
@@ -152,14 +103,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="metrics.json of the candidate (or its folder); several (seeds) are averaged per case")
     p.add_argument("--metric", nargs="+", default=["dice"], choices=["dice", "jaccard", "hd95", "asd"])
     progress_flag(p)
-    p.set_defaults(func=cmd_compare)
+    p.set_defaults(func=_command("compare"))
 
     p = sub.add_parser("demo", help="synthetic data, a few CPU minutes of training, predictions, uncertainty and a report")
     p.add_argument("--output", type=Path, default=Path("semisup-demo"), help="demo folder (default: ./semisup-demo)")
     p.add_argument("--iterations", type=int, help="training iterations (default: about three CPU minutes)")
     p.add_argument("--method", default="uamt", choices=method_names())
     progress_flag(p)
-    p.set_defaults(func=cmd_demo)
+    p.set_defaults(func=_command("demo"))
     return parser
 
 

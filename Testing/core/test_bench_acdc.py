@@ -1,4 +1,4 @@
-"""scripts/bench_acdc.py: the labeled split and the schedule scaling (no training)."""
+"""benchmarks/bench_acdc.py: the labeled split and the schedule scaling (no training)."""
 
 from __future__ import annotations
 

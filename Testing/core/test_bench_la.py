@@ -1,4 +1,4 @@
-"""scripts/bench_la.py: the split and the budget scaling (no training)."""
+"""benchmarks/bench_la.py: the split and the budget scaling (no training)."""
 
 from __future__ import annotations
 

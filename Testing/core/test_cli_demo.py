@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from semisup.demo import run_demo
+from semisup.commands.demo import run_demo
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,4 @@
-"""semisup.compare: paired per-case comparison of two evaluated runs."""
+"""semisup.measure.compare: paired per-case comparison of two evaluated runs."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from semisup.cli import EXIT_BAD_INPUT, EXIT_OK, main
-from semisup.compare import compare_metrics
+from semisup.measure.compare import compare_metrics
 from semisup.data import DataError
 
 

@@ -36,8 +36,8 @@ from semisup.methods.dust import (
     split_by_uncertainty,
 )
 from semisup.methods.volume_apply import apply_to_image
-from semisup.predict import load_trained
-from semisup.synthetic import make_synthetic_dataset
+from semisup.engine.predict import load_trained
+from semisup.data.synthetic import make_synthetic_dataset
 
 LN2, LN4 = math.log(2.0), math.log(4.0)
 

@@ -25,7 +25,7 @@ import pytest
 import torch
 import yaml
 
-from semisup.synthetic import make_synthetic_dataset
+from semisup.data.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.slow

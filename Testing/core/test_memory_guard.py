@@ -17,7 +17,7 @@ from semisup.config import ConfigError, DataConfig, MethodConfig, NetworkConfig,
 from semisup.engine import memory
 from semisup.engine.trainer import Trainer
 from semisup.methods import build_method
-from semisup.synthetic import make_synthetic_dataset
+from semisup.data.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from semisup.metrics import METRICS, evaluate_case, image_diagonal, summarize, write_results
+from semisup.measure.metrics import METRICS, evaluate_case, image_diagonal, summarize, write_results
 
 SPACING = (0.7, 0.7, 2.5)  # anisotropic, like a thick-slice MR (x, y, z)
 

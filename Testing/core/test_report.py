@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from matplotlib.image import imread
 
-from semisup.report import flatten_metrics, middle_foreground_slice, uncertainty_ranking, write_report
+from semisup.measure.report import flatten_metrics, middle_foreground_slice, uncertainty_ranking, write_report
 
 SHAPE = (24, 20, 12)
 
@@ -134,7 +134,7 @@ def test_helpers() -> None:
 def test_rows_from_metrics_and_uncertainty_modules(tmp_path: Path) -> None:
     """Rows of evaluate_case merged with volume_scores are reported without reshaping."""
     from semisup.inference.uncertainty import volume_scores
-    from semisup.metrics import evaluate_case, summarize
+    from semisup.measure.metrics import evaluate_case, summarize
 
     fig = _figure_case()
     rows, per_case = [], []

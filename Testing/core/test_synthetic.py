@@ -13,7 +13,7 @@ from skimage.filters import threshold_otsu
 
 from semisup.data.dataset import DatasetSpec
 from semisup.data.io import image_to_array, read_image
-from semisup.synthetic import make_synthetic_case, make_synthetic_dataset
+from semisup.data.synthetic import make_synthetic_case, make_synthetic_dataset
 
 SHAPE = (32, 32, 24)
 SPACING = (0.8, 0.8, 1.6)

@@ -20,9 +20,9 @@ from semisup.config import DataConfig, InferenceConfig, MethodConfig, NetworkCon
 from semisup.data import DatasetSpec, image_to_array, preprocess_image, read_image
 from semisup.engine.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from semisup.engine.trainer import Trainer
-from semisup.metrics import evaluate_case
-from semisup.predict import load_trained, predict_array
-from semisup.synthetic import make_synthetic_dataset
+from semisup.measure.metrics import evaluate_case
+from semisup.engine.predict import load_trained, predict_array
+from semisup.data.synthetic import make_synthetic_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 ENV = {**os.environ, "PYTHONPATH": str(REPO / "SemiSupUncertainty"), "OMP_NUM_THREADS": "1"}

@@ -364,7 +364,7 @@ def test_cps_step_on_labeled_and_unlabeled():
 
 @pytest.fixture(scope="module")
 def dataset(tmp_path_factory) -> Path:
-    from semisup.synthetic import make_synthetic_dataset
+    from semisup.data.synthetic import make_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic_codct")
     return make_synthetic_dataset(root, labeled=3, unlabeled=2, validation=1, test=0, shape=(32, 32, 16), seed=3)
@@ -387,7 +387,7 @@ E2E_PARAMS = {
 def test_end_to_end_train_checkpoint_reload_predict(dataset, tmp_path, method):
     from semisup.data import DatasetSpec, preprocess_image, read_image
     from semisup.engine.trainer import Trainer
-    from semisup.predict import load_trained, predict_array
+    from semisup.engine.predict import load_trained, predict_array
 
     iterations = 8
     cfg = RunConfig(
@@ -419,7 +419,7 @@ def test_end_to_end_train_checkpoint_reload_predict(dataset, tmp_path, method):
     if method == "uadct":  # the command-line path writes UA-DCT's own map beside the others
         import SimpleITK as sitk
 
-        from semisup.predict import predict_files
+        from semisup.engine.predict import predict_files
 
         predict_files(trained, [spec.validation[0].image], tmp_path / "pred", mc_samples=1)
         written = sorted(p.name for p in (tmp_path / "pred").glob("*_disagreement.nrrd"))

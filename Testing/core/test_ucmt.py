@@ -444,9 +444,9 @@ def test_ucmt_learns_end_to_end(tmp_path):
     pytest.importorskip("semisup.engine.trainer", reason="engine/data layer not importable yet")
     from semisup.data import image_to_array, preprocess_image, read_image
     from semisup.engine.trainer import Trainer
-    from semisup.metrics import evaluate_case
-    from semisup.predict import load_trained, predict_array
-    from semisup.synthetic import make_synthetic_dataset
+    from semisup.measure.metrics import evaluate_case
+    from semisup.engine.predict import load_trained, predict_array
+    from semisup.data.synthetic import make_synthetic_dataset
 
     dataset = make_synthetic_dataset(tmp_path / "data", labeled=3, unlabeled=3, validation=1, test=2, shape=(32, 32, 16), seed=3)
     # Teacher alone at test (paper); short ramp so the unsupervised terms act within the run.

@@ -24,11 +24,11 @@ from typing import Any
 import numpy as np
 import torch
 
-from .. import __version__
+from .._version import __version__
 from ..config import RunConfig, save_config
 from ..data import DatasetSpec, PreprocessCache, build_train_streams, check_dataset, load_validation_cases
 from ..methods import Method, build_method
-from ..metrics import evaluate_case
+from ..measure.metrics import evaluate_case
 from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from .device import autocast_dtype, describe_device, resolve_device
 from .distributed import init_distributed
@@ -319,7 +319,7 @@ class Trainer:
         return 1.0
 
     def _validate(self, method, val_cases, spec, device, amp_dtype) -> tuple[float, dict[str, float]]:
-        from ..predict import predict_array  # predict imports the engine's checkpoint module
+        from .predict import predict_array
 
         method.eval()
         scores = []
@@ -369,8 +369,6 @@ class _Context:
         return self._unlabeled
 
     def unlabeled_cases(self):
-        from ..data import PreprocessCache
-
         # The same preprocess-once cache the streams read (an entry per case, hit after the first).
         cache = PreprocessCache(self.cache_dir, self.cfg.data)
         for case in self.spec.unlabeled:

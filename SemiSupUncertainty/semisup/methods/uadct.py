@@ -536,7 +536,7 @@ class UADCT(Method):
     def per_model_networks(self) -> dict[str, nn.Module]:
         """Each network alone, by name (``"model1"``, ``"model2"``).
 
-        Pass ``[net]`` to :func:`semisup.predict.predict_array` to get one network's
+        Pass ``[net]`` to :func:`semisup.engine.predict.predict_array` to get one network's
         prediction (the paper's "avg" rows average the two networks' scores).
         """
         return {"model1": self.net1, "model2": self.net2}

@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .data import DataError
+from ..data import DataError
 
 __all__ = ["PairedComparison", "compare_metrics", "load_case_scores", "mean_case_scores"]
 

@@ -19,14 +19,14 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .config import RunConfig
-from .data import DataError, check_image, image_to_array, preprocess_image, read_image, restore_to_reference, write_image
-from .data.dataset import case_name_from_path
-from .engine.checkpoint import CheckpointError, load_checkpoint
-from .engine.device import resolve_device
-from .inference.predictor import largest_connected_component, predict_volume
-from .inference.uncertainty import volume_scores
-from .methods import Method, build_method
+from ..config import RunConfig
+from ..data import DataError, check_image, preprocess_image, read_image, restore_to_reference, write_image
+from ..data.dataset import case_name_from_path
+from .checkpoint import CheckpointError, load_checkpoint
+from .device import resolve_device
+from ..inference.predictor import largest_connected_component, predict_volume
+from ..inference.uncertainty import volume_scores
+from ..methods import Method, build_method
 
 __all__ = ["TrainedModel", "load_trained", "predict_array", "predict_files", "resolve_checkpoint"]
 

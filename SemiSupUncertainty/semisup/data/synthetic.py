@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-from .data.io import Geometry, write_image
+from .io import Geometry, write_image
 
 __all__ = ["SyntheticCase", "make_synthetic_case", "make_synthetic_dataset", "LABEL_NAMES"]
 
@@ -324,7 +324,7 @@ def make_synthetic_dataset(
             "Synthetic MR-like volumes: a deformed ellipsoidal organ with vein-like tubes, "
             "dark wall, bright unlabeled fat rim and aorta, bias field, Rician noise."
         ),
-        "reference": "semisup.synthetic",
+        "reference": "semisup.data.synthetic",
         "licence": "CC0",
         "tensorImageSize": "3D",
         "modality": {"0": "MR"},

@@ -43,8 +43,8 @@ interrupted training resumes from its ``last.pt``.
 
 Example::
 
-    python scripts/bench_acdc.py --setting cpu --out runs/bench_acdc_cpu
-    python scripts/bench_acdc.py --setting cpu --methods supervised uamt --iterations 20 --out runs/bench_acdc_smoke
+    python benchmarks/bench_acdc.py --setting cpu --out runs/bench_acdc_cpu
+    python benchmarks/bench_acdc.py --setting cpu --methods supervised uamt --iterations 20 --out runs/bench_acdc_smoke
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ import time
 from pathlib import Path
 
 import yaml
-from benchlib import Variant, child_env, train_in_subprocess, variant
+from harness import merge_result, read_results, Variant, child_env, train_in_subprocess, variant
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ACDC"
@@ -353,13 +353,10 @@ def main() -> None:
                 print(f"== {key} FAILED ({exc}); {log}:\n{tail}", file=sys.stderr, flush=True)
                 continue
             r["split"] = split_info
-            # Re-read before writing: another sweep (other seeds) may share this folder.
-            results = json.loads(results_path.read_text()) if results_path.exists() else {}
-            results[key] = r
-            results_path.write_text(json.dumps(results, indent=1))
+            merge_result(results_path, key, r)
             print(f"== {key}: Dice {r['dice']:.2f}, {r['train_minutes']:.1f} min, {r['it_per_s'] or 0:.2f} it/s",
                   file=sys.stderr, flush=True)
-    print(table(json.loads(results_path.read_text()) if results_path.exists() else {}))
+    print(table(read_results(results_path)))
 
 
 if __name__ == "__main__":

@@ -10,13 +10,12 @@ whole command including start-up. Runs alternate ``--repeats`` times; medians.
 
 Example::
 
-    python scripts/bench_ddp.py --out /tmp/bench_ddp --iterations 30 --repeats 2
+    python benchmarks/bench_ddp.py --out /tmp/bench_ddp --iterations 30 --repeats 2
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -30,6 +29,8 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SemiSupUncertainty"))
+
+from harness import command_header, write_json  # noqa: E402
 
 
 def run(out: Path, dataset: Path, nproc: int, threads: int, args, tag: str) -> dict:
@@ -77,7 +78,7 @@ def main() -> int:
     ap.add_argument("--json", type=Path)
     args = ap.parse_args()
 
-    from semisup.synthetic import make_synthetic_dataset
+    from semisup.data.synthetic import make_synthetic_dataset
 
     args.out.mkdir(parents=True, exist_ok=True)
     dataset = args.out / "data" / "dataset.json"
@@ -101,9 +102,7 @@ def main() -> int:
     print(f"| torchrun DDP (gloo) | {args.nproc} x {max(1, args.threads // args.nproc)} | "
           f"{summary['ddp']['it_per_s']:.3f} | {summary['ddp']['volumes_per_s']:.2f} | {summary['ddp']['wall_s']:.0f} |")
     if args.json:
-        args.json.write_text(json.dumps({"date": datetime.date.today().isoformat(),
-                                         "command": " ".join([Path(sys.executable).name, *sys.argv]),
-                                         "results": results, "summary": summary}, indent=1))
+        write_json(args.json, {**command_header(), "results": results, "summary": summary})
     return 0
 
 

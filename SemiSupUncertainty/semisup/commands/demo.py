@@ -13,18 +13,21 @@ from __future__ import annotations
 import json
 import time
 from pathlib import Path
+import argparse
+import sys
 from typing import Callable
 
-from .config import DataConfig, InferenceConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig, save_config
-from .data import DatasetSpec, image_to_array, read_image
-from .engine import Emitter, FileSink
-from .engine.trainer import Trainer
-from .evaluate import evaluate_predictions
-from .predict import load_trained, predict_files
-from .report import write_report
-from .synthetic import make_synthetic_dataset
+from ..config import DataConfig, InferenceConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig, save_config
+from ..data import DatasetSpec, image_to_array, read_image
+from ..engine import Emitter, FileSink
+from ..engine.trainer import Trainer
+from ..measure.evaluate import evaluate_predictions
+from ..engine.predict import load_trained, predict_files
+from ..measure.report import write_report
+from ..data.synthetic import make_synthetic_dataset
+from .exit_codes import EXIT_OK
 
-__all__ = ["demo_config", "run_demo", "DEMO_ITERATIONS"]
+__all__ = ["demo_config", "run", "run_demo", "DEMO_ITERATIONS"]
 
 #: About three minutes of UA-MT on two CPU cores (docs/benchmarks.md, demo row).
 DEMO_ITERATIONS = 300
@@ -105,3 +108,9 @@ def run_demo(
         "mc_samples": cfg.inference.mc_samples,
     }
     return write_report(out, metrics_summary=summary, per_case=per_case, figure_case=figure_case, run_info=run_info)
+
+
+def run(args: argparse.Namespace, emit: Emitter) -> int:
+    paths = run_demo(args.output, iterations=args.iterations, method=args.method, emit=emit)
+    print(f"demo report: {paths['markdown']}", file=sys.stderr)
+    return EXIT_OK

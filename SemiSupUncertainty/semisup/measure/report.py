@@ -138,7 +138,7 @@ def _fmt_duration(seconds: float) -> str:
 
 
 def _case_name(case: Mapping[str, Any], index: int) -> str:
-    """``"name"``, else ``"case"`` (rows of :func:`semisup.metrics.evaluate_case`)."""
+    """``"name"``, else ``"case"`` (rows of :func:`semisup.measure.metrics.evaluate_case`)."""
     return str(case.get("name") or case.get("case") or f"case_{index}")
 
 
@@ -393,7 +393,7 @@ def write_report(
     per_case:
         One mapping per case: ``"name"`` (or ``"case"``), numeric metrics, possibly
         nested (e.g. ``{"dice": {"1": 0.83}}``, or a row of
-        :func:`semisup.metrics.evaluate_case` merged with
+        :func:`semisup.measure.metrics.evaluate_case` merged with
         :func:`semisup.inference.uncertainty.volume_scores`) and, for predicted cases,
         a mean uncertainty in nats (see ``uncertainty_key``) used for the ranking.
         Missing values are shown as '–'.

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
-from .data import DataError, DatasetSpec, image_to_array, read_image
-from .data.dataset import case_name_from_path
-from .data.io import geometry_of, same_geometry
+from ..data import DataError, DatasetSpec, image_to_array, read_image
+from ..data.dataset import case_name_from_path
+from ..data.io import geometry_of, same_geometry
 from .metrics import evaluate_case, summarize, write_results
 
 __all__ = ["evaluate_predictions"]

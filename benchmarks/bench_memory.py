@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Peak RAM of a short training run as the unlabeled set grows (1x, 10x, 40x).
 
-A synthetic dataset (``semisup.synthetic.make_synthetic_dataset``) of ``--labeled``
+A synthetic dataset (``semisup.data.synthetic.make_synthetic_dataset``) of ``--labeled``
 labeled and ``--base-unlabeled`` unlabeled volumes is written once; the larger
 unlabeled sets reuse those volumes as further files (each its own path, so each is
 preprocessed and cached as its own case, as distinct scans would be). For every
@@ -13,13 +13,12 @@ preprocessed unlabeled volume in memory would cost (the design the cache avoids)
 
 Example::
 
-    python scripts/bench_memory.py --out /tmp/bench_memory --multipliers 1 10 40 --workers 0 2
+    python benchmarks/bench_memory.py --out /tmp/bench_memory --multipliers 1 10 40 --workers 0 2
 """
 
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
 import shutil
@@ -34,9 +33,11 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "SemiSupUncertainty"))
 
+from harness import command_header, write_json  # noqa: E402
+
 
 def make_data(out: Path, labeled: int, base: int, max_multiplier: int, shape: list[int]) -> dict:
-    from semisup.synthetic import make_synthetic_dataset
+    from semisup.data.synthetic import make_synthetic_dataset
 
     src = out / "synthetic"
     spec_path = src / "dataset.json"
@@ -149,8 +150,7 @@ def main() -> int:
             print(f"  {m}x ({row['unlabeled']} unlabeled), {workers} workers: peak RSS {row['peak_rss_mib']:.0f} MiB "
                   f"(tree {row['tree_peak_rss_mib']:.0f} MiB), "
                   f"{row['it_per_s'] or 0:.2f} it/s", file=sys.stderr, flush=True)
-    report = {"date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-              "volume_shape": args.shape, "rows": rows}
+    report = {**command_header(), "volume_shape": args.shape, "rows": rows}
     print(f"\nPeak RSS of `semisup train` ({args.iterations} iterations, UA-MT, V-Net {args.base_filters} filters, "
           f"patch {args.patch}, {args.labeled} labeled volumes of {args.shape})\n")
     print("| unlabeled volumes | loader workers | peak RSS MiB (largest process) | peak RSS MiB (trainer + workers, "
@@ -160,7 +160,7 @@ def main() -> int:
         print(f"| {r['unlabeled']} ({r['multiplier']}x) | {r['workers']} | {r['peak_rss_mib']:.0f} | "
               f"{r['tree_peak_rss_mib']:.0f} | {r['it_per_s'] or 0:.2f} | {r['all_unlabeled_in_memory_mib']:.0f} |")
     if args.json:
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
     return 0
 
 

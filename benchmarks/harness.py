@@ -1,6 +1,12 @@
-"""Pieces shared by the benchmark scripts in this folder (not part of the library).
+"""The harness every benchmark in this folder shares (not part of the library).
 
-The scripts run as ``python scripts/<name>.py``, which puts this folder on
+Settings of child processes (:func:`child_env`), timing of a training child
+(:func:`train_in_subprocess`), named variants of a method (:class:`Variant`), the
+device's matmul rate, and JSON output (:func:`command_header`, :func:`run_header`,
+:func:`write_json`, :func:`merge_result`), so that each ``bench_*.py`` file holds its
+experiment and nothing else.
+
+The benchmarks run as ``python benchmarks/<name>.py``, which puts this folder on
 ``sys.path``; torch is imported inside the functions that need it, so the sweep
 scripts that only start ``semisup`` subprocesses do not load it.
 """
@@ -8,11 +14,13 @@ scripts that only start ``semisup`` subprocesses do not load it.
 from __future__ import annotations
 
 import datetime
+import json
 import os
 import platform
 import resource
 import subprocess
 import sys
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -89,11 +97,46 @@ def matmul_tflops(device: Any, dtype: Any = None, n: int = 4096, reps: int = 5) 
     return 2 * n**3 / best / 1e12
 
 
+def command_header() -> dict[str, Any]:
+    """Date and command line: the head of every JSON report."""
+    return {"date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.executable).name, *sys.argv])}
+
+
 def run_header(device: Any) -> dict[str, Any]:
-    """Date, command line, device and torch version: the head of every JSON report."""
+    """:func:`command_header` plus the device and torch version, for in-process benchmarks."""
     import torch
 
     name = (torch.cuda.get_device_name(device) if device.type == "cuda"
             else f"CPU {platform.processor() or platform.machine()} ({torch.get_num_threads()} threads)")
-    return {"date": datetime.date.today().isoformat(), "command": " ".join([Path(sys.executable).name, *sys.argv]),
-            "device": name, "torch": torch.__version__}
+    return {**command_header(), "device": name, "torch": torch.__version__}
+
+
+def write_json(path: Path, data: Any) -> None:
+    """Write ``data`` as JSON atomically: a killed benchmark leaves the previous file whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_results(path: Path) -> dict[str, Any]:
+    """The results file of a sweep, or ``{}`` before its first result."""
+    path = Path(path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def merge_result(path: Path, key: str, value: Any) -> dict[str, Any]:
+    """Add one result to a sweep's results file and return the whole file.
+
+    Re-reads before writing: other invocations (other seeds or methods) may share it.
+    """
+    results = read_results(path)
+    results[key] = value
+    write_json(path, results)
+    return results

@@ -38,8 +38,8 @@ the device's measured dense matmul throughput (a 4096^2 matmul, fp32 and bf16).
 
 Examples::
 
-    python scripts/bench_step.py --setting cpu --methods uamt ucmt --reps 5 --json runs/bench_step_cpu.json
-    python scripts/bench_step.py --setting paper --methods uamt --reps 1 --warmup 0 --variants cl+bf16
+    python benchmarks/bench_step.py --setting cpu --methods uamt ucmt --reps 5 --json runs/bench_step_cpu.json
+    python benchmarks/bench_step.py --setting paper --methods uamt --reps 1 --warmup 0 --variants cl+bf16
 """
 
 from __future__ import annotations
@@ -67,10 +67,10 @@ from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 from semisup.config import DataConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig  # noqa: E402
 from semisup.methods import build_method  # noqa: E402
 import semisup.methods.uamt as uamt_module  # noqa: E402
-from benchlib import matmul_tflops, run_header  # noqa: E402
+from harness import matmul_tflops, run_header, write_json  # noqa: E402
 
 SETTINGS: dict[str, dict[str, Any]] = {
-    # The CPU setting of scripts/bench_la.py: what a user trains on a workstation CPU.
+    # The CPU setting of benchmarks/bench_la.py: what a user trains on a workstation CPU.
     "cpu": {"base_filters": 8, "patch": [64, 64, 32], "labeled": 2, "unlabeled": 2, "mc_samples": 4},
     # UA-MT paper: V-Net 16 filters, 112 x 112 x 80, 2 + 2, T = 8.
     "paper": {"base_filters": 16, "patch": [112, 112, 80], "labeled": 2, "unlabeled": 2, "mc_samples": 8},
@@ -540,7 +540,7 @@ def main() -> int:
             report["methods"][m] = {"flops": f}
             print(f"| {m} | {f / 1e12:.3f} | {f / (tp['fp32'] * 1e12):.2f} | {f / (tp['bf16'] * 1e12):.2f} |")
         if args.json:
-            args.json.write_text(json.dumps(report, indent=1))
+            write_json(args.json, report)
         return 0
     for m in args.methods:
         check = check_losses(m, setting, variants, device, args) if args.check_steps > 0 else {"variants": {}}
@@ -553,7 +553,7 @@ def main() -> int:
     print(text)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
     failed = [f"{m}/{v}" for m, r in report["methods"].items() for v, c in r["check"]["variants"].items() if not c["ok"]]
     if failed:
         print(f"loss check FAILED for {failed}", file=sys.stderr)

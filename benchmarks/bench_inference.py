@@ -29,8 +29,8 @@ train-mode forwards, cumulative averages), as training would have set them.
 
 Examples::
 
-    python scripts/bench_inference.py --setting cpu --reps 3 --agreement
-    python scripts/bench_inference.py --setting paper --reps 1
+    python benchmarks/bench_inference.py --setting cpu --reps 3 --agreement
+    python benchmarks/bench_inference.py --setting paper --reps 1
 """
 
 from __future__ import annotations
@@ -53,11 +53,11 @@ from semisup.config import DataConfig  # noqa: E402
 from semisup.data import preprocess_image, read_image  # noqa: E402
 from semisup.inference import predict_volume, predict_volume_reference  # noqa: E402
 from semisup.networks.vnet import VNet  # noqa: E402
-from benchlib import matmul_tflops, run_header  # noqa: E402
+from harness import matmul_tflops, run_header, write_json  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
 SETTINGS: dict[str, dict[str, Any]] = {
-    # scripts/bench_la.py "cpu": 1.25 mm, V-Net 8 filters, 64 x 64 x 32 windows.
+    # benchmarks/bench_la.py "cpu": 1.25 mm, V-Net 8 filters, 64 x 64 x 32 windows.
     "cpu": {"base_filters": 8, "roi": [64, 64, 32], "target_spacing": [1.25, 1.25, 1.25]},
     # UA-MT paper: native 0.625 mm, V-Net 16 filters, 112 x 112 x 80 windows.
     "paper": {"base_filters": 16, "roi": [112, 112, 80], "target_spacing": None},
@@ -215,7 +215,7 @@ def main() -> int:
     print("\n".join(lines))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
+        write_json(args.json, report)
     bad = [p for p, r in report["paths"].items() if r.get("agrees") is False]
     if bad:
         print(f"agreement check FAILED for {bad}", file=sys.stderr)

@@ -21,7 +21,7 @@ Results go to ``<out>/results.json`` and a markdown table on stdout.
 
 Example::
 
-    python scripts/bench_la.py --setting cpu --labeled 16 --methods supervised uamt --out runs/bench_la_cpu
+    python benchmarks/bench_la.py --setting cpu --labeled 16 --methods supervised uamt --out runs/bench_la_cpu
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 
 import yaml
-from benchlib import Variant, child_env, train_in_subprocess, variant
+from harness import merge_result, read_results, Variant, child_env, train_in_subprocess, variant
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
@@ -182,11 +182,8 @@ def main() -> None:
         print(f"== {key}", file=sys.stderr, flush=True)
         result = run_method(method, SETTINGS[args.setting], dataset, args.out, (args.cache_dir or args.out / "cache").resolve(),
                                   args.iterations, args.seed, args.threads)
-        # Re-read before writing: another invocation may share this output folder.
-        results = json.loads(results_path.read_text()) if results_path.exists() else {}
-        results[key] = result
-        results_path.write_text(json.dumps(results, indent=1))
-    results = json.loads(results_path.read_text()) if results_path.exists() else {}
+        merge_result(results_path, key, result)
+    results = read_results(results_path)
     print("| setting | labeled | method | iterations | Dice % | Jaccard % | 95HD mm | ASD mm | it/s | train min | peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, r in results.items():

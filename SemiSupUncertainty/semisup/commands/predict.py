@@ -1,0 +1,26 @@
+"""``semisup predict``: label maps and uncertainty maps from a trained run."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..config import ConfigError
+from ..engine import Emitter
+from .exit_codes import EXIT_OK
+
+__all__ = ["run"]
+
+
+def run(args: argparse.Namespace, emit: Emitter) -> int:
+    from ..engine.predict import load_trained, predict_files, resolve_checkpoint
+
+    ckpt = resolve_checkpoint(args.run_dir, args.checkpoint)
+    model = load_trained(ckpt, args.device)
+    if args.largest_component:
+        model.cfg.inference.largest_component = True
+    out = args.output_dir or (Path(args.run_dir) / "predictions" if args.run_dir else None)
+    if out is None:
+        raise ConfigError("--output-dir is required with --checkpoint")
+    predict_files(model, args.input, out, mc_samples=args.mc_samples, save_probabilities=args.save_probabilities, emit=emit)
+    return EXIT_OK

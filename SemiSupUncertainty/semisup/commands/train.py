@@ -1,0 +1,36 @@
+"""``semisup train``: train a model into a run folder."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Sequence
+
+from ..config import ConfigError, load_config
+from ..engine import Emitter
+from .exit_codes import EXIT_OK
+
+__all__ = ["parse_sets", "run"]
+
+
+def parse_sets(items: Sequence[str]) -> dict[str, str]:
+    """``["train.lr=0.01"]`` -> ``{"train.lr": "0.01"}``; the config casts the values."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects section.key=value, got {item!r}")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value
+    return out
+
+
+def run(args: argparse.Namespace, emit: Emitter) -> int:
+    from ..engine.trainer import Trainer
+
+    run_dir = Path(args.run_dir)
+    config = args.config or (run_dir / "config.yaml")
+    cfg = load_config(config, parse_sets(args.set))
+    if not cfg.data.dataset:
+        raise ConfigError(f"{config}: data.dataset is empty: name the dataset.json to train on")
+    Trainer(cfg, run_dir, emit, resume=args.resume).fit()
+    return EXIT_OK
