@@ -23,3 +23,11 @@ def test_child_env_sets_threads_and_library_path(harness):
     env = harness.child_env(3)
     assert all(env[k] == "3" for k in harness.THREAD_VARIABLES)
     assert env["PYTHONPATH"].endswith("SemiSupUncertainty")
+
+
+def test_merge_result_keeps_what_another_sweep_wrote(harness, tmp_path):
+    path = tmp_path / "results.json"
+    harness.merge_result(path, "a", 1)
+    harness.write_json(path, {**harness.read_results(path), "b": 2})  # another invocation writes meanwhile
+    assert harness.merge_result(path, "c", 3) == {"a": 1, "b": 2, "c": 3}
+    assert not list(tmp_path.glob(".*.tmp"))
