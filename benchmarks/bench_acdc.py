@@ -58,8 +58,18 @@ import sys
 import time
 from pathlib import Path
 
-import yaml
-from harness import merge_result, read_results, Variant, child_env, train_in_subprocess, variant
+from harness import (
+    Variant,
+    child_env,
+    iteration_rates,
+    merge_result,
+    predict_and_evaluate,
+    progress_events,
+    read_results,
+    train_in_subprocess,
+    variant,
+    write_run_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ACDC"
@@ -228,31 +238,19 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
     params = {**method_params(name, setting, iterations), **v.resolve_params(iterations)}
     train = {**setting["train"], **v.train_overrides(METHOD_TRAIN), "seed": seed, "iterations": iterations,
              "val_every": iterations + 1}
-    cfg = {
-        "data": {**setting["data"], "dataset": str(train_split), "cache_dir": str(out / "cache")},
-        "network": setting["network"],
-        "method": {"name": name, "params": params},
-        "train": train,
-        "inference": setting["inference"],
-    }
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_run_config(run, setting, train_split, out / "cache", name, params, train)
     env = child_env(threads)
     with open(run / "stdout.jsonl", "a") as stdout, open(run / "stderr.log", "a") as stderr:
         # The peak RSS is the largest child so far in this sweep, not this method alone.
         wall_s, peak_rss_mib = train_in_subprocess(run, env, stdout, stderr)
-    events = [json.loads(l) for l in (run / "progress.jsonl").read_text().splitlines() if l.strip()]
-    rates = [e["it_per_s"] for e in events if e["event"] == "iteration" and e.get("it_per_s")]
+    events = progress_events(run / "progress.jsonl")
+    rates = iteration_rates(events)
     images = [c["image"] for c in json.loads(eval_split.read_text())["validation"]]
     pred = run / "predictions"
-    t1 = time.time()
     # The last checkpoint, one deterministic pass (dropout off), as SSL4MIS tests.
-    subprocess.run([sys.executable, "-m", "semisup", "predict", "--checkpoint", str(run / "checkpoints" / "last.pt"),
-                    "--input", *images, "--output-dir", str(pred), "--mc-samples", "1", "--device", "cpu",
-                    "--progress", "none"], check=True, env=env)
-    predict_s = time.time() - t1
-    subprocess.run([sys.executable, "-m", "semisup", "evaluate", "--predictions", str(pred), "--dataset", str(eval_split),
-                    "--split", "validation", "--progress", "none"], check=True, env=env)
-    summary = json.loads((pred / "metrics.json").read_text())["summary"]
+    predict_s, metrics = predict_and_evaluate(run / "checkpoints" / "last.pt", images, pred, eval_split, "validation",
+                                              env, ["--mc-samples", "1", "--device", "cpu"])
+    summary = metrics["summary"]
     per_class = {SHORT[c]: {m: summary["classes"][c][m]["mean"] for m in ("dice", "jaccard", "hd95", "asd")}
                  for c in CLASSES}
     mean = summary["mean"]
@@ -277,7 +275,7 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
         "peak_rss_mib": peak_rss_mib,
         "threads": threads,
         "attempts": sum(1 for e in events if e["event"] == "start"),
-        "method_params": cfg["method"]["params"],
+        "method_params": params,
         "optimizer": f"{train['optimizer']} lr {train['lr']} {train['lr_schedule']}",
     }
 

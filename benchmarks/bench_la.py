@@ -28,13 +28,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-import yaml
-from harness import merge_result, read_results, Variant, child_env, train_in_subprocess, variant
+from harness import (
+    Variant,
+    child_env,
+    iteration_rates,
+    merge_result,
+    predict_and_evaluate,
+    progress_events,
+    read_results,
+    train_in_subprocess,
+    variant,
+    write_run_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
@@ -115,29 +123,15 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
     base_train, params = scaled(setting, name, iterations)
     params = {**params, **v.resolve_params(base_train["iterations"])}
     train = {**base_train, **v.train_overrides(METHOD_TRAIN), "seed": seed}
-    cfg = {
-        "data": {**setting["data"], "dataset": str(dataset), "cache_dir": str(cache)},
-        "network": setting["network"],
-        "method": {"name": name, "params": params},
-        "train": train,
-        "inference": setting["inference"],
-    }
-    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    write_run_config(run, setting, dataset, cache, name, params, train)
     env = child_env(threads)
     with open(run / "stdout.jsonl", "w") as stdout:
         train_s, peak_rss_mib = train_in_subprocess(run, env, stdout)
-    events = [json.loads(l) for l in (run / "stdout.jsonl").read_text().splitlines() if l.strip()]
-    rates = [e["it_per_s"] for e in events if e["event"] == "iteration" and e.get("it_per_s")]
-    split = json.loads(dataset.read_text())
-    images = [c["image"] for c in split["validation"]]
-    t1 = time.time()
+    rates = iteration_rates(progress_events(run / "stdout.jsonl"))
+    images = [c["image"] for c in json.loads(dataset.read_text())["validation"]]
     # The last checkpoint, not best.pt: best.pt is selected on these same 16 cases.
-    subprocess.run([sys.executable, "-m", "semisup", "predict", "--checkpoint", str(run / "checkpoints" / "last.pt"), "--input", *images,
-                    "--output-dir", str(run / "predictions"), "--progress", "none"], check=True, env=env)
-    predict_s = time.time() - t1
-    subprocess.run([sys.executable, "-m", "semisup", "evaluate", "--predictions", str(run / "predictions"),
-                    "--dataset", str(dataset), "--split", "validation", "--progress", "none"], check=True, env=env)
-    metrics = json.loads((run / "predictions" / "metrics.json").read_text())
+    predict_s, metrics = predict_and_evaluate(run / "checkpoints" / "last.pt", images, run / "predictions", dataset,
+                                              "validation", env)
     mean = metrics["summary"]["mean"]
     return {
         "method": method,

@@ -49,6 +49,46 @@ def train_in_subprocess(run: Path, env: dict[str, str], stdout: Any, stderr: Any
     return seconds, max(before, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss) / 1024
 
 
+def write_run_config(run: Path, setting: dict[str, Any], dataset: Path, cache: Path, method: str,
+                     params: dict[str, Any], train: dict[str, Any]) -> None:
+    """``run/config.yaml`` for one method of a setting (data, network, inference from ``setting``)."""
+    import yaml
+
+    cfg = {
+        "data": {**setting["data"], "dataset": str(dataset), "cache_dir": str(cache)},
+        "network": setting["network"],
+        "method": {"name": method, "params": params},
+        "train": train,
+        "inference": setting["inference"],
+    }
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+
+
+def progress_events(progress: Path) -> list[dict[str, Any]]:
+    """The events of a JSON-lines progress stream (docs/worker-protocol.md)."""
+    return [json.loads(line) for line in Path(progress).read_text().splitlines() if line.strip()]
+
+
+def iteration_rates(events: list[dict[str, Any]]) -> list[float]:
+    """The ``it_per_s`` values of the iteration events."""
+    return [e["it_per_s"] for e in events if e["event"] == "iteration" and e.get("it_per_s")]
+
+
+def predict_and_evaluate(checkpoint: Path, images: list[str], predictions: Path, dataset: Path, split: str,
+                         env: dict[str, str], extra: list[str] = ()) -> tuple[float, dict[str, Any]]:
+    """``semisup predict`` then ``semisup evaluate`` as child processes.
+
+    Returns the prediction wall seconds and the ``metrics.json`` of the evaluation.
+    """
+    t0 = time.time()
+    subprocess.run([sys.executable, "-m", "semisup", "predict", "--checkpoint", str(checkpoint), "--input", *images,
+                    "--output-dir", str(predictions), *extra, "--progress", "none"], check=True, env=env)
+    seconds = time.time() - t0
+    subprocess.run([sys.executable, "-m", "semisup", "evaluate", "--predictions", str(predictions), "--dataset",
+                    str(dataset), "--split", split, "--progress", "none"], check=True, env=env)
+    return seconds, json.loads((Path(predictions) / "metrics.json").read_text())
+
+
 @dataclass(frozen=True)
 class Variant:
     """A registered method with one thing changed, to explain a benchmark row.
