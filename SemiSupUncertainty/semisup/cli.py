@@ -9,6 +9,7 @@ docs/worker-protocol.md (progress as JSON lines on stdout, exit codes).
 from __future__ import annotations
 
 import argparse
+import errno
 import importlib
 import logging
 import sys
@@ -18,23 +19,25 @@ from typing import Sequence
 from . import commands
 from ._version import __version__
 from .commands import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+from .commands.signals import StartupCancelled, install_cancel_handlers
 from .config import ConfigError
 from .data import DataError
-from .engine import BarSink, CheckpointError, Emitter, FileSink, JsonLinesSink, TrainingCancelled, TrainingDiverged
+from .engine import BarSink, CheckpointError, Emitter, JsonLinesSink, TrainingCancelled, TrainingDiverged
 
 __all__ = ["main", "EXIT_OK", "EXIT_ERROR", "EXIT_BAD_INPUT", "EXIT_CANCELLED"]
 
-BAD_INPUT = (ConfigError, DataError, CheckpointError, FileNotFoundError)
+BAD_INPUT = (ConfigError, DataError, CheckpointError)
+#: File-system errors the user can fix with another path or permissions (exit 2);
+#: any other OSError (a full disk, an I/O error) exits 1. Both without a traceback.
+PATH_ERRNOS = {errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST}
 
 
-def _emitter(progress: str, log_file: Path | None = None) -> Emitter:
+def _emitter(progress: str) -> Emitter:
     sinks = []
     if progress == "json":
         sinks.append(JsonLinesSink(sys.stdout))
     elif progress == "bar":
         sinks.append(BarSink())
-    if log_file is not None:
-        sinks.append(FileSink(log_file))
     return Emitter(sinks)
 
 
@@ -71,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from RUN_DIR/checkpoints/last.pt when it exists")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=500")
     progress_flag(p)
-    p.set_defaults(func=_command("train"), log_name="progress.jsonl")
+    p.set_defaults(func=_command("train"))
 
     p = sub.add_parser("predict", help="predict label maps and uncertainty maps on the inputs' own grids")
     src = p.add_mutually_exclusive_group(required=True)
@@ -79,7 +82,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--checkpoint", type=Path, help="a checkpoint file")
     p.add_argument("--input", nargs="+", required=True, type=Path, help="images (NRRD, NIfTI, MHA, ...)")
     p.add_argument("--output-dir", type=Path, help="default: RUN_DIR/predictions")
-    p.add_argument("--mc-samples", type=int, help="MC-dropout samples T (default: the run's inference.mc_samples)")
+    p.add_argument("--mc-samples", type=int, help="MC-dropout samples T >= 1 (default: the run's inference.mc_samples)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--save-probabilities", action="store_true", default=None, help="also write class probabilities")
     p.add_argument("--largest-component", action="store_true", help="keep the largest connected component per class")
@@ -91,6 +94,7 @@ def build_parser() -> argparse.ArgumentParser:
     ref = p.add_mutually_exclusive_group(required=True)
     ref.add_argument("--dataset", type=Path, help="dataset.json naming the reference labels")
     ref.add_argument("--labels", type=Path, help="folder of reference label files named like the cases")
+    p.add_argument("--classes", nargs="+", metavar="NAME", help="class names, background first (with --labels; default: the values found, which must be 0..K-1)")
     p.add_argument("--split", default="validation", choices=["training", "validation", "test"])
     p.add_argument("--output-dir", type=Path, help="where metrics.csv/json go (default: the predictions folder)")
     progress_flag(p)
@@ -115,38 +119,72 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
-    log_file = None
-    if getattr(args, "log_name", None):
-        log_file = Path(args.run_dir) / args.log_name
-        log_file.parent.mkdir(parents=True, exist_ok=True)
-    if args.progress == "auto":
-        args.progress = "bar" if sys.stdout.isatty() else "json"
-    emit = _emitter(args.progress, log_file)
+    install_cancel_handlers()  # a stop request while starting is a cancel (exit 3), not a crash
+    emit: Emitter | None = None
+    progress = "none"
     try:
+        parser = build_parser()
+        args = parser.parse_args(argv)
+        logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+        if args.progress == "auto":
+            args.progress = "bar" if sys.stdout.isatty() else "json"
+        progress = args.progress
+        emit = _emitter(progress)
         return args.func(args, emit)
     except TrainingCancelled:
         return EXIT_CANCELLED
+    except StartupCancelled as exc:
+        emit = emit or _emitter("json" if not sys.stdout.isatty() else "none")
+        _safe_emit(emit, "cancelled", iteration=None, checkpoint=None, reason=str(exc))
+        print(f"cancelled: {exc}", file=sys.stderr)
+        return EXIT_CANCELLED
     except BAD_INPUT as exc:
-        _report(emit, args.progress, str(exc), exc)
+        _report(emit, progress, str(exc), exc)
         return EXIT_BAD_INPUT
+    except OSError as exc:
+        _report(emit, progress, _explain_os_error(exc), exc)
+        return EXIT_BAD_INPUT if exc.errno in PATH_ERRNOS else EXIT_ERROR
     except (TrainingDiverged, MemoryError) as exc:
-        _report(emit, args.progress, _explain(exc), exc)
+        _report(emit, progress, _explain(exc), exc)
         return EXIT_ERROR
     except Exception as exc:  # the front end must see a message, not a silent exit
-        _report(emit, args.progress, _explain(exc), exc)
+        _report(emit, progress, _explain(exc), exc)
         logging.getLogger("semisup").exception("unexpected failure")
         return EXIT_ERROR
     finally:
-        emit.close()
+        if emit is not None:
+            try:
+                emit.close()
+            except OSError:
+                pass
 
 
-def _report(emit: Emitter, progress: str, message: str, exc: BaseException) -> None:
-    emit("error", message=message, type=type(exc).__name__)
-    if progress != "bar":  # the bar sink prints errors itself
+def _safe_emit(emit: Emitter | None, event: str, **fields) -> None:
+    """Emit, ignoring sinks that fail (the disk that just filled up holds the log too)."""
+    if emit is None:
+        return
+    for sink in emit.sinks:
+        try:
+            Emitter([sink])(event, **fields)
+        except (OSError, ValueError):
+            pass
+
+
+def _report(emit: Emitter | None, progress: str, message: str, exc: BaseException) -> None:
+    _safe_emit(emit, "error", message=message, type=type(exc).__name__)
+    if progress != "bar" or emit is None:  # the bar sink prints errors itself
         print(f"error: {message}", file=sys.stderr)
+
+
+def _explain_os_error(exc: OSError) -> str:
+    """``"<path>: <reason>"`` in one line, e.g. ``"run/checkpoints: Read-only file system"``."""
+    reason = exc.strerror or type(exc).__name__
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        reason += " (free disk space or choose another folder; the last complete checkpoint is intact)"
+    where = exc.filename if exc.filename is not None else ""
+    if exc.filename2 is not None:
+        where = f"{where} -> {exc.filename2}"
+    return f"{where}: {reason}" if where else reason
 
 
 def _explain(exc: BaseException) -> str:

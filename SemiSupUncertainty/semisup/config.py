@@ -8,6 +8,10 @@ other input.
 from __future__ import annotations
 
 import dataclasses
+import math
+import os
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +28,8 @@ __all__ = [
     "ConfigError",
     "load_config",
     "save_config",
+    "apply_override",
+    "RESUMABLE_KEYS",
 ]
 
 
@@ -187,14 +193,27 @@ class RunConfig:
             raise ConfigError(f"{source}: data.modality must be 'MR' or 'CT', got {d.modality!r}")
         if not 0.0 <= d.foreground_oversample <= 1.0:
             raise ConfigError(f"{source}: data.foreground_oversample must be in [0, 1]")
-        if t.iterations < 1 or t.labeled_batch < 1 or t.unlabeled_batch < 0:
-            raise ConfigError(f"{source}: train.iterations and train.labeled_batch must be >= 1")
+        for key, value, lowest in (
+            ("data.num_workers", d.num_workers, 0),
+            ("train.iterations", t.iterations, 1),
+            ("train.labeled_batch", t.labeled_batch, 1),
+            ("train.unlabeled_batch", t.unlabeled_batch, 0),
+            ("train.val_every", t.val_every, 1),
+            ("train.checkpoint_every", t.checkpoint_every, 1),
+            ("train.log_every", t.log_every, 1),
+            ("train.lr_step", t.lr_step, 0),
+            ("inference.sw_batch_size", i.sw_batch_size, 1),
+        ):
+            if value < lowest:
+                raise ConfigError(f"{source}: {key} must be >= {lowest}, got {value}")
+        if not (t.lr > 0 and math.isfinite(t.lr)):
+            raise ConfigError(f"{source}: train.lr must be a positive number, got {t.lr}")
         if t.optimizer not in ("sgd", "adamw", "adam"):
             raise ConfigError(f"{source}: train.optimizer must be sgd, adam or adamw, got {t.optimizer!r}")
         if t.lr_schedule not in ("step", "poly", "constant"):
             raise ConfigError(f"{source}: train.lr_schedule must be step, poly or constant, got {t.lr_schedule!r}")
         if i.mc_samples < 1:
-            raise ConfigError(f"{source}: inference.mc_samples must be >= 1")
+            raise ConfigError(f"{source}: inference.mc_samples must be >= 1, got {i.mc_samples}")
         if not 0.0 <= i.overlap < 1.0:
             raise ConfigError(f"{source}: inference.overlap must be in [0, 1)")
 
@@ -208,11 +227,64 @@ def _build_section(section_cls: type, raw: Any, where: str) -> Any:
     unknown = set(raw) - names
     if unknown:
         raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}")
-    return section_cls(**raw)
+    hints = typing.get_type_hints(section_cls)
+    return section_cls(**{k: cast_value(v, hints[k], f"{where}.{k}") for k, v in raw.items()})
+
+
+def cast_value(value: Any, annotation: Any, where: str) -> Any:
+    """``value`` as the dataclass field type ``annotation``, or a :class:`ConfigError`.
+
+    YAML 1.1 (PyYAML) reads ``1e-3`` as a string and a user may write ``500.5``
+    iterations: a float field takes any number (and numeric text), an int field only
+    whole numbers, a bool field only booleans, so a wrong type fails here with the
+    key named rather than deep inside training.
+    """
+    origin = typing.get_origin(annotation)
+    args = typing.get_args(annotation)
+    if origin in (typing.Union, types.UnionType):
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return cast_value(value, inner[0], where) if len(inner) == 1 else value
+    if origin is list:
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{where}: expected a list, got {value!r}")
+        return [cast_value(v, args[0], f"{where}[{n}]") for n, v in enumerate(value)] if args else list(value)
+    if origin is dict or annotation is Any:
+        if origin is dict and not isinstance(value, dict):
+            raise ConfigError(f"{where}: expected a mapping, got {value!r}")
+        return value
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true or false, got {value!r}")
+    if annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected a whole number, got {value!r}")
+    if annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if annotation is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{where}: expected text, got {value!r}")
+    return value
 
 
 def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> RunConfig:
-    """Read a YAML config; ``overrides`` maps dotted keys (``train.iterations``) to values."""
+    """Read a YAML config; ``overrides`` maps dotted keys (``train.iterations``) to values.
+
+    A relative ``data.dataset`` in the file is resolved against the file's folder; one
+    given as an override (``--set data.dataset=...``, typed by the user in a shell) is
+    resolved against the working directory.
+    """
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -220,12 +292,36 @@ def load_config(path: str | Path, overrides: dict[str, Any] | None = None) -> Ru
         raise ConfigError(f"config file not found: {path}") from None
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections (data, network, method, train, inference)")
+    data = raw.get("data")
+    if isinstance(data, dict) and isinstance(data.get("dataset"), str) and data["dataset"]:
+        data["dataset"] = _absolute(data["dataset"], path.parent)
     for key, value in (overrides or {}).items():
         apply_override(raw, key, value)
-    cfg = RunConfig.from_dict(raw, source=str(path))
-    if cfg.data.dataset and not Path(cfg.data.dataset).is_absolute():
-        cfg.data.dataset = str((path.parent / cfg.data.dataset).resolve())
-    return cfg
+        if key == "data.dataset" and isinstance(raw["data"]["dataset"], str) and raw["data"]["dataset"]:
+            raw["data"]["dataset"] = _absolute(raw["data"]["dataset"], Path.cwd())
+    return RunConfig.from_dict(raw, source=str(path))
+
+
+def _absolute(value: str, base: Path) -> str:
+    p = Path(os.path.expanduser(value))
+    return str(p if p.is_absolute() else (base / p).resolve())
+
+
+#: Settings ``semisup train --resume`` may change: they do not alter the model, the
+#: optimizer state or the data a checkpoint was trained on (the dataset may move).
+RESUMABLE_KEYS: tuple[str, ...] = (
+    "data.dataset",
+    "data.cache_dir",
+    "data.num_workers",
+    "train.iterations",
+    "train.val_every",
+    "train.checkpoint_every",
+    "train.log_every",
+    "train.device",
+    "inference.*",
+)
 
 
 def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
@@ -233,6 +329,8 @@ def apply_override(raw: dict[str, Any], dotted: str, value: Any) -> None:
     if isinstance(value, str):
         value = yaml.safe_load(value)
     keys = dotted.split(".")
+    if len(keys) < 2 or not all(keys):
+        raise ConfigError(f"override {dotted!r}: expected section.key=value, e.g. train.iterations=500")
     node = raw
     for k in keys[:-1]:
         node = node.setdefault(k, {})

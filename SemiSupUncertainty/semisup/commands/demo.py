@@ -17,7 +17,7 @@ import argparse
 import sys
 from typing import Callable
 
-from ..config import DataConfig, InferenceConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig, save_config
+from ..config import ConfigError, DataConfig, InferenceConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig, save_config
 from ..data import DatasetSpec, image_to_array, read_image
 from ..engine import Emitter, FileSink
 from ..engine.trainer import Trainer
@@ -67,6 +67,8 @@ def run_demo(
 ) -> dict[str, Path]:
     """Run the whole demo and return the report files."""
     out = Path(output)
+    if any((out / "run" / "checkpoints" / n).exists() for n in ("last.pt", "best.pt")):
+        raise ConfigError(f"{out}: already holds a demo run; choose another --output or delete that folder")
     emit = emit or Emitter()
     start = time.time()
     dataset_json = make_synthetic_dataset(out / "data", seed=seed)

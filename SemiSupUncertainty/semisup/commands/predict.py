@@ -15,12 +15,14 @@ __all__ = ["run"]
 def run(args: argparse.Namespace, emit: Emitter) -> int:
     from ..engine.predict import load_trained, predict_files, resolve_checkpoint
 
+    if args.mc_samples is not None and args.mc_samples < 1:
+        raise ConfigError(f"--mc-samples (MC-dropout passes) must be >= 1, got {args.mc_samples}")
+    out = args.output_dir or (Path(args.run_dir) / "predictions" if args.run_dir else None)
+    if out is None:
+        raise ConfigError("--output-dir is required with --checkpoint")
     ckpt = resolve_checkpoint(args.run_dir, args.checkpoint)
     model = load_trained(ckpt, args.device)
     if args.largest_component:
         model.cfg.inference.largest_component = True
-    out = args.output_dir or (Path(args.run_dir) / "predictions" if args.run_dir else None)
-    if out is None:
-        raise ConfigError("--output-dir is required with --checkpoint")
     predict_files(model, args.input, out, mc_samples=args.mc_samples, save_probabilities=args.save_probabilities, emit=emit)
     return EXIT_OK

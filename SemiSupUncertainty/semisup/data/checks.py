@@ -21,11 +21,13 @@ from .errors import DataError
 from .io import Geometry, geometry_difference, geometry_of, image_to_array, read_geometry, read_image
 from .preprocess import preprocessed_geometry
 
-__all__ = ["check_case", "check_dataset", "check_image", "DEFAULT_MEMORY_LIMIT_GIB"]
+__all__ = ["check_case", "check_dataset", "check_geometry", "check_image", "DEFAULT_MEMORY_LIMIT_GIB"]
 
 #: Largest volume accepted, as float32 after resampling (the network input).
 DEFAULT_MEMORY_LIMIT_GIB = 2.0
 _GIB = 1024**3
+#: The warning for a label map without foreground (also how check_dataset counts them).
+NO_FOREGROUND = "label has no foreground (all voxels are 0)"
 
 
 def _display(path: Path | str, root: Path | None) -> str:
@@ -110,7 +112,7 @@ def _label_findings(arr: np.ndarray, name: str, num_classes: int) -> tuple[list[
         problems.append(
             f"{name}: label values {shown} outside 0..{num_classes - 1} (the dataset has {num_classes} classes)"
         )
-    warnings = [] if hi > 0 else [f"{name}: label has no foreground (all voxels are 0)"]
+    warnings = [] if hi > 0 else [f"{name}: {NO_FOREGROUND}"]
     return problems, warnings
 
 
@@ -210,15 +212,41 @@ def check_dataset(
     cases = spec.all_cases
     problems: list[str] = []
     warnings: list[str] = []
+    empty: set[str] = set()
     for i, case in enumerate(cases, start=1):
         p, w = _case_findings(case, spec.num_classes, spatial_dims, memory_limit_gib, target_spacing, spec.root)
         problems += p
         warnings += w
+        if case.label is not None and any(x.endswith(NO_FOREGROUND) for x in w):
+            empty.add(case.name)
         if progress is not None:
             progress(i, len(cases), case.name)
+    for split, why in (
+        ("training", "there is nothing to learn"),
+        ("validation", "validation would score Dice 1.0 for a model that finds nothing"),
+    ):
+        listed = getattr(spec, split)
+        if listed and all(c.name in empty for c in listed):
+            problems.append(f"{spec.source}: every {split} label is all background (0): {why}; check the label files")
     if problems:
         _raise(problems, spec.source)
     return warnings
+
+
+def check_geometry(
+    geom: Geometry,
+    path: str | os.PathLike,
+    spatial_dims: int,
+    *,
+    memory_limit_gib: float = DEFAULT_MEMORY_LIMIT_GIB,
+    target_spacing: Sequence[float] | None = None,
+) -> None:
+    """Check an image's header (from :func:`read_geometry`) before its voxels are read:
+    dimension and memory, so an 830^3 volume is refused without loading 1.5 GB."""
+    name = str(path)
+    problems = _dimension_problems(geom, name, spatial_dims) + _memory_problems(geom, name, memory_limit_gib, target_spacing)
+    if problems:
+        _raise(problems, name)
 
 
 def check_image(

@@ -178,9 +178,11 @@ class DatasetSpec:
         if not path.is_file():
             raise DataError(f"{path}: dataset.json not found")
         try:
-            raw = json.loads(path.read_text(encoding="utf-8"))
+            raw = json.loads(path.read_text(encoding="utf-8"), object_pairs_hook=_unique_keys)
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise DataError(f"{path}: not valid JSON ({exc})") from None
+        except _DuplicateKey as exc:
+            raise DataError(f"{path}: key {exc.args[0]!r} appears twice in one object; JSON keeps only the last, so name it once") from None
         if not isinstance(raw, dict):
             raise DataError(f"{path}: expected a JSON object with 'labels' and 'training'")
         for key in ("labels", "training"):
@@ -191,9 +193,12 @@ class DatasetSpec:
         labels: dict[int, str] = {}
         for k, v in raw["labels"].items():
             try:
-                labels[int(k)] = str(v)
+                value = int(k)
             except ValueError:
                 raise DataError(f"{path}: labels: key {k!r} is not an integer label value") from None
+            if value in labels:
+                raise DataError(f"{path}: labels: label value {value} is listed twice ({k!r} and another key)")
+            labels[value] = str(v)
         root = path.resolve().parent
         splits: dict[str, list[Case]] = {}
         for split, need_label in (("training", True), ("validation", True), ("unlabeled", False), ("test", False)):
@@ -325,6 +330,20 @@ class DatasetSpec:
 
 
 # -- helpers ------------------------------------------------------------------------
+class _DuplicateKey(Exception):
+    pass
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``json.loads`` hook: a key twice in one object is an error, not "last one wins"."""
+    out: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
 def _parse_entry(item: Any, root: Path, where: str, need_label: bool, keep_label: bool, source: Path) -> Case:
     if isinstance(item, str):
         image, label = item, None

@@ -25,6 +25,7 @@ __all__ = [
     "Geometry",
     "read_image",
     "read_geometry",
+    "read_metadata",
     "image_to_array",
     "array_to_image",
     "write_image",
@@ -33,6 +34,7 @@ __all__ = [
     "same_geometry",
     "geometry_difference",
     "GEOMETRY_TOLERANCE",
+    "orientation_code",
 ]
 
 #: Relative tolerance for comparing spacing, origin and direction (absolute below 1).
@@ -123,6 +125,18 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     return img
 
 
+def read_metadata(path: str | os.PathLike, key: str) -> str | None:
+    """One header field of an image file (no voxel data is read); ``None`` when absent
+    or when the file cannot be read as an image."""
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError:
+        return None
+    return reader.GetMetaData(key) if reader.HasMetaDataKey(key) else None
+
+
 def read_geometry(path: str | os.PathLike) -> Geometry:
     """The geometry from the file header only (no voxel data is read).
 
@@ -208,14 +222,19 @@ def array_to_image(arr: np.ndarray, reference: sitk.Image | Geometry) -> sitk.Im
 
 
 # -- writing ------------------------------------------------------------------------
-def save_image(img: sitk.Image, path: str | os.PathLike, compress: bool = True) -> Path:
+def save_image(
+    img: sitk.Image, path: str | os.PathLike, compress: bool = True, metadata: dict[str, str] | None = None
+) -> Path:
     """Write a SimpleITK image atomically: a temporary file in the same folder, then
     :func:`os.replace`, so a reader never sees a half-written file.
 
-    ``.mhd`` (header + separate raw file) cannot be replaced atomically and is
-    written in place.
+    ``metadata`` are extra header fields (NRRD ``key:=value`` lines), e.g. the
+    provenance mark of predictions. ``.mhd`` (header + separate raw file) cannot be
+    replaced atomically and is written in place.
     """
     path = Path(path)
+    for key, value in (metadata or {}).items():
+        img.SetMetaData(key, value)
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.lower().endswith(".mhd"):
         try:
@@ -238,14 +257,31 @@ def save_image(img: sitk.Image, path: str | os.PathLike, compress: bool = True) 
 
 
 def write_image(
-    arr: np.ndarray, reference: sitk.Image | Geometry, path: str | os.PathLike, compress: bool = True
+    arr: np.ndarray,
+    reference: sitk.Image | Geometry,
+    path: str | os.PathLike,
+    compress: bool = True,
+    metadata: dict[str, str] | None = None,
 ) -> Path:
     """Write an (x, y, z) array on the grid of ``reference``, atomically and compressed.
 
     See :func:`array_to_image` for the accepted shapes and :func:`save_image` for the
     atomic write. Returns ``path``.
     """
-    return save_image(array_to_image(arr, reference), path, compress=compress)
+    return save_image(array_to_image(arr, reference), path, compress=compress, metadata=metadata)
+
+
+def orientation_code(geometry: sitk.Image | Geometry) -> str:
+    """Where the image axes point, as DICOM letters (``"LPS"``: x to the patient's left,
+    y posterior, z superior; ``"ALS"`` for x and y swapped); ``""`` for 2D images.
+
+    SimpleITK's ``DICOMOrientImageFilter`` rounds an oblique direction to the closest
+    axes, so a small tilt keeps the code and only a swapped or flipped axis changes it.
+    """
+    geom = geometry if isinstance(geometry, Geometry) else geometry_of(geometry)
+    if geom.dimension != 3:
+        return ""
+    return str(sitk.DICOMOrientImageFilter_GetOrientationFromDirectionCosines([float(v) for v in geom.direction]))
 
 
 # -- comparing ----------------------------------------------------------------------

@@ -10,8 +10,8 @@ import csv
 import json
 import logging
 import os
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any, Callable
 
@@ -19,16 +19,22 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from ..config import RunConfig
-from ..data import DataError, check_image, preprocess_image, read_image, restore_to_reference, write_image
+from .._version import __version__
+from ..config import ConfigError, RunConfig
+from ..data import DataError, check_image, preprocess_image, read_geometry, read_image, restore_to_reference, write_image
+from ..data.checks import check_geometry
 from ..data.dataset import case_name_from_path
+from ..data.io import orientation_code, read_metadata
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import resolve_device
 from ..inference.predictor import largest_connected_component, predict_volume
 from ..inference.uncertainty import volume_scores
 from ..methods import Method, build_method
 
-__all__ = ["TrainedModel", "load_trained", "predict_array", "predict_files", "resolve_checkpoint"]
+__all__ = ["PROVENANCE_KEY", "TrainedModel", "load_trained", "predict_array", "predict_files", "resolve_checkpoint"]
+
+#: Header field marking every image ``predict`` writes; a file without it is never replaced.
+PROVENANCE_KEY = "semisup_provenance"
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +42,15 @@ log = logging.getLogger(__name__)
 class TrainedModel:
     """A method restored from a checkpoint, with its config and class names."""
 
-    def __init__(self, method: Method, cfg: RunConfig, class_names: list[str], checkpoint: Path) -> None:
+    def __init__(
+        self, method: Method, cfg: RunConfig, class_names: list[str], checkpoint: Path, orientations: list[str] | None = None
+    ) -> None:
         self.method = method
         self.cfg = cfg
         self.class_names = class_names
         self.checkpoint = checkpoint
+        #: orientation codes of the training images (empty for checkpoints that predate them)
+        self.orientations = list(orientations or [])
 
     @property
     def networks(self) -> list[nn.Module]:
@@ -72,7 +82,7 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
         raise CheckpointError(f"{path}: checkpoint does not match its own configuration: {exc}") from None
     device = resolve_device(device) if isinstance(device, str) else device
     method.to(device).eval()
-    return TrainedModel(method, cfg, list(state["class_names"]), path)
+    return TrainedModel(method, cfg, list(state["class_names"]), path, state.get("orientations"))
 
 
 def predict_array(
@@ -130,46 +140,133 @@ def predict_files(
     """
     emit = emit or (lambda *a, **k: None)
     out_dir = Path(output_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cfg = model.cfg
     device = next(model.method.parameters()).device
     mc = cfg.inference.mc_samples if mc_samples is None else mc_samples
+    if mc < 1:
+        raise ConfigError(f"--mc-samples (MC-dropout passes) must be >= 1, got {mc}")
     save_probs = cfg.inference.save_probabilities if save_probabilities is None else save_probabilities
+    kinds = ["label", "uncertainty", "mutual_information"]
+    kinds += [model.method.own_uncertainty_name] if model.method.own_uncertainty_name else []
+    kinds += ["probabilities"] if save_probs else []
+    # Refusals before anything is written: two inputs that would write the same files,
+    # or a file in the way that predict did not write (ground truth named <case>_label.nrrd).
+    inputs = [Path(p) for p in inputs]
+    names = _case_names(inputs)
+    _check_outputs(out_dir, names, kinds)
+    out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
     emit("predict_start", cases=len(inputs), mc_samples=mc, device=str(device))
-    rows = []
-    for index, path in enumerate(inputs, start=1):
-        path = Path(path)
-        image = read_image(path)
-        check_image(image, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
-        pre = preprocess_image(image, cfg.data)
-        out = predict_array(model.networks, pre, cfg, device, mc_samples=mc, amp=cfg.train.amp and device.type == "cuda")
-        name = case_name_from_path(path)
-        label = restore_to_reference(out["label"][None], image, interpolation="nearest")[0].astype(np.uint8)
-        maps = {
-            "uncertainty": restore_to_reference(out["entropy"][None], image)[0].astype(np.float32),
-            "mutual_information": restore_to_reference(out["mutual_information"][None], image)[0].astype(np.float32),
-        }
-        own = _own_uncertainty(model, pre, device)
-        if own is not None:
-            maps[model.method.own_uncertainty_name] = restore_to_reference(own[None], image)[0].astype(np.float32)
-        outputs = {"label": out_dir / f"{name}_label.nrrd"}
-        write_image(label, image, outputs["label"])
-        for kind, arr in maps.items():
-            outputs[kind] = out_dir / f"{name}_{kind}.nrrd"
-            write_image(arr, image, outputs[kind])
-        if save_probs:
-            probs = restore_to_reference(out["probabilities"], image).astype(np.float32)
-            outputs["probabilities"] = out_dir / f"{name}_probabilities.nrrd"
-            write_image(np.moveaxis(probs, 0, -1), image, outputs["probabilities"])
-        scores = volume_scores(maps["uncertainty"], label)
-        scores["mean_mutual_information_image"] = float(maps["mutual_information"].mean())
-        row = {"case": name, "image": str(path), **{k: str(v) for k, v in outputs.items()}, **scores}
-        rows.append(row)
-        emit("predicted", index=index, total=len(inputs), case=name, outputs={k: str(v) for k, v in outputs.items()}, scores=scores)
-    rows.sort(key=lambda r: r["mean_uncertainty_foreground"], reverse=True)
+    rows: list[dict[str, Any]] = []
+    failed: dict[Path, str] = {}
+    try:
+        for index, (path, name) in enumerate(zip(inputs, names), start=1):
+            try:
+                # The header first: a volume too large is refused before its voxels are read.
+                geom = read_geometry(path)
+                check_geometry(geom, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
+                image = read_image(path)
+                check_image(image, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
+            except DataError as exc:  # one bad file must not cost the others their outputs
+                failed[path] = str(exc)
+                log.error("%s", exc)
+                emit("warning", case=name, message=str(exc))
+                continue
+            _warn_orientation(model, geom, path, name, emit)
+            rows.append(_predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, len(inputs), emit))
+    finally:  # cancelled or failed midway: the cases done so far keep their scores
+        csv_path = _write_scores(_ranked(rows), out_dir, _map_descriptions(model)) if rows else None
+    emit("predict_done", cases=len(rows), scores_csv=csv_path and str(csv_path), seconds=time.time() - start, failed=[str(p) for p in failed])
+    if failed:
+        listed = "\n  ".join(failed.values())
+        raise DataError(f"{len(failed)} of {len(inputs)} input(s) failed, the other outputs are written:\n  {listed}" if len(failed) > 1 else f"{next(iter(failed.values()))} (the other inputs' outputs are written)")
+    return rows
+
+
+def _case_names(inputs: list[Path]) -> list[str]:
+    """Case names of the inputs; two inputs with one name would overwrite each other's outputs."""
+    names = [case_name_from_path(p) for p in inputs]
+    by_name: dict[str, list[Path]] = {}
+    for path, name in zip(inputs, names):
+        by_name.setdefault(name, []).append(path)
+    clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
+    if clashes:
+        listed = "; ".join(f"{n!r}: {', '.join(map(str, ps))}" for n, ps in sorted(clashes.items()))
+        raise DataError(f"inputs share a case name and would overwrite each other's outputs ({listed}); rename or predict them separately; nothing was written")
+    return names
+
+
+def _check_outputs(out_dir: Path, names: list[str], kinds: list[str]) -> None:
+    """Refuse to replace any file predict did not write (no provenance mark in its header)."""
+    foreign = [
+        path
+        for name in names
+        for path in (out_dir / f"{name}_{kind}.nrrd" for kind in kinds)
+        if path.exists() and read_metadata(path, PROVENANCE_KEY) is None
+    ]
+    for table, mark in (("scores.csv", "case,"), ("scores.json", '"ranking"')):
+        path = out_dir / table
+        if path.exists() and not path.read_text(errors="replace")[:200].lstrip("{ \n").startswith(mark):
+            foreign.append(path)
+    if foreign:
+        shown = ", ".join(map(str, foreign[:5])) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise DataError(
+            f"{shown}: would be replaced but {'was' if len(foreign) == 1 else 'were'} not written by semisup predict "
+            "(ground truth?); choose another --output-dir or move the file(s); nothing was written"
+        )
+
+
+def _warn_orientation(model: TrainedModel, geom, path: Path, name: str, emit: Callable[..., None]) -> None:
+    code = orientation_code(geom)
+    if model.orientations and code and code not in model.orientations:
+        message = (
+            f"{path}: its axes are oriented {code} but the model was trained on {'/'.join(model.orientations)} images; "
+            "a network sees voxel axes, not anatomy, so a swapped or flipped axis can give a wrong segmentation "
+            "(reorient the image, e.g. with SimpleITK.DICOMOrient, to check)"
+        )
+        log.warning("%s", message)
+        emit("warning", case=name, message=message)
+
+
+def _predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, total, emit) -> dict[str, Any]:
+    cfg = model.cfg
+    pre = preprocess_image(image, cfg.data)
+    out = predict_array(model.networks, pre, cfg, device, mc_samples=mc, amp=cfg.train.amp and device.type == "cuda")
+    label = restore_to_reference(out["label"][None], image, interpolation="nearest")[0].astype(np.uint8)
+    maps = {
+        "uncertainty": restore_to_reference(out["entropy"][None], image)[0].astype(np.float32),
+        "mutual_information": restore_to_reference(out["mutual_information"][None], image)[0].astype(np.float32),
+    }
+    own = _own_uncertainty(model, pre, device)
+    if own is not None:
+        maps[model.method.own_uncertainty_name] = restore_to_reference(own[None], image)[0].astype(np.float32)
+
+    def mark(kind: str) -> dict[str, str]:
+        return {PROVENANCE_KEY: f"semisup {__version__} predict: {kind} of {path.name} by {model.checkpoint.name}"}
+
+    outputs = {"label": out_dir / f"{name}_label.nrrd"}
+    write_image(label, image, outputs["label"], metadata=mark("label"))
+    for kind, arr in maps.items():
+        outputs[kind] = out_dir / f"{name}_{kind}.nrrd"
+        write_image(arr, image, outputs[kind], metadata=mark(kind))
+    if save_probs:
+        probs = restore_to_reference(out["probabilities"], image).astype(np.float32)
+        outputs["probabilities"] = out_dir / f"{name}_probabilities.nrrd"
+        write_image(np.moveaxis(probs, 0, -1), image, outputs["probabilities"], metadata=mark("probabilities"))
+    scores = volume_scores(maps["uncertainty"], label)
+    scores["mean_mutual_information_image"] = float(maps["mutual_information"].mean())
+    emit("predicted", index=index, total=total, case=name, outputs={k: str(v) for k, v in outputs.items()}, scores=scores)
+    return {"case": name, "image": str(path), **{k: str(v) for k, v in outputs.items()}, **scores}
+
+
+def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = sorted(rows, key=lambda r: r["mean_uncertainty_foreground"], reverse=True)
     for rank, row in enumerate(rows, start=1):
         row["uncertainty_rank"] = rank
+    return rows
+
+
+def _map_descriptions(model: TrainedModel) -> dict[str, str]:
     maps = {
         "uncertainty": model.method.uncertainty_description(),
         "mutual_information": "mutual information (nats) between prediction and MC-dropout weights: the epistemic part "
@@ -177,9 +274,7 @@ def predict_files(
     }
     if model.method.own_uncertainty_name:
         maps[model.method.own_uncertainty_name] = f"the {model.method.name} method's own uncertainty (see docs/methods.md)"
-    csv_path = _write_scores(rows, out_dir, maps)
-    emit("predict_done", cases=len(rows), scores_csv=str(csv_path), seconds=time.time() - start)
-    return rows
+    return maps
 
 
 @torch.no_grad()
@@ -193,16 +288,17 @@ def _own_uncertainty(model: TrainedModel, image: np.ndarray, device: torch.devic
 
 
 def _write_scores(rows: list[dict[str, Any]], out_dir: Path, maps: dict[str, str]) -> Path:
+    """``scores.csv`` and ``scores.json``, each written atomically (temporary file, rename)."""
     csv_path = out_dir / "scores.csv"
     fields = list(rows[0].keys()) if rows else ["case"]
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    with os.fdopen(fd, "w", newline="") as fh:
+    # open() rather than mkstemp: the files get the user's umask permissions, not 0600.
+    tmp = out_dir / f".scores.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=fields)
         writer.writeheader()
         writer.writerows(rows)
     os.replace(tmp, csv_path)
-    fd, tmp = tempfile.mkstemp(dir=out_dir, suffix=".tmp")
-    with os.fdopen(fd, "w") as fh:
+    with open(tmp, "w") as fh:
         json.dump(
             {"ranking": "most uncertain first (mean entropy inside the predicted foreground)", "maps": maps, "cases": rows},
             fh,

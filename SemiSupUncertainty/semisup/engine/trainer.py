@@ -10,8 +10,10 @@ cancel on SIGTERM/SIGINT, and progress events (docs/worker-protocol.md).
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 import logging
 import math
+import os
 import random
 import signal
 import threading
@@ -25,15 +27,17 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..config import RunConfig, save_config
-from ..data import DatasetSpec, PreprocessCache, build_train_streams, check_dataset, load_validation_cases
+from ..config import RESUMABLE_KEYS, ConfigError, RunConfig, save_config
+from ..data import DataError, DatasetSpec, PreprocessCache, build_train_streams, check_dataset, load_validation_cases
+from ..data.io import orientation_code, read_geometry
 from ..methods import Method, build_method
 from ..measure.metrics import evaluate_case
-from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .device import autocast_dtype, describe_device, resolve_device
 from .distributed import init_distributed
 from .memory import check_training_memory, oom_error, peak_memory_gib
 from .events import Emitter
+from .runfolder import RunLock, acquire_run_lock, check_can_train
 
 __all__ = ["Trainer", "TrainResult", "TrainingCancelled", "TrainingDiverged"]
 
@@ -114,26 +118,52 @@ class Trainer:
         self._stop.set()
 
     def fit(self) -> TrainResult:
+        """Train; the run folder is locked meanwhile (engine/runfolder.py).
+
+        Raises
+        ------
+        ConfigError
+            The folder holds a trained run and ``resume`` is off, another process is
+            training into it, or a resume changes a setting it cannot change.
+        """
+        # Under torchrun rank 0 alone writes the folder (RANK is set before any import).
+        lock = acquire_run_lock(self.run_dir) if int(os.environ.get("RANK", "0")) == 0 else RunLock(None)
+        try:
+            check_can_train(self.run_dir, self.resume)
+            if self.ckpt_dir.is_dir():
+                remove_stale_temporaries(self.ckpt_dir)  # safe: the lock is ours
+            return self._fit()
+        finally:
+            lock.release()
+
+    def _fit(self) -> TrainResult:
         cfg = self.cfg
         start_time = time.time()
         resume_state = self._resume_state()
         if resume_state is not None:
             cfg = self._config_for_resume(resume_state)
+            self.cfg = cfg
         # Issue 6, DDP under torchrun (engine/distributed.py); a no-op in a single process.
         ddp = init_distributed(cfg.train.device)
         if not ddp.is_main:
             self.emit = Emitter()  # rank 0 alone reports and writes files
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        if ddp.is_main:
-            save_config(cfg, self.run_dir / "config.yaml")
 
         spec = DatasetSpec.from_json(cfg.data.dataset)
+        if resume_state is not None and list(resume_state.get("class_names", spec.class_names)) != spec.class_names:
+            raise DataError(
+                f"{cfg.data.dataset}: its classes {spec.class_names} differ from those the checkpoint "
+                f"{self.ckpt_dir / 'last.pt'} was trained on {list(resume_state['class_names'])}"
+            )
         for warning in check_dataset(spec, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing):
             log.warning(warning)
         device = ddp.resolve_device(resolve_device(cfg.train.device))
         seed_everything(cfg.train.seed)
 
         method = build_method(cfg, spec.num_classes).to(device)
+        _check_unlabeled(method, spec, cfg)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        if ddp.is_main:  # only once every check passed: a refused start changes nothing
+            save_config(cfg, self.run_dir / "config.yaml")
         if cfg.train.channels_last and cfg.data.spatial_dims == 3:  # issue 6 perf switch
             method.to(memory_format=torch.channels_last_3d)
         optimizer = self._optimizer(method)
@@ -182,7 +212,13 @@ class Trainer:
             world_size=ddp.world_size,
             memory_estimate_gib=None if memory_estimate is None else round(memory_estimate.total_gib, 3),
         )
-        meta = {"class_names": spec.class_names, "num_classes": spec.num_classes, "config": cfg.to_dict()}
+        meta = {
+            "class_names": spec.class_names,
+            "num_classes": spec.num_classes,
+            "config": cfg.to_dict(),
+            # Predict warns when an image's axes point elsewhere (engine/predict.py).
+            "orientations": training_orientations(spec),
+        }
         best_path = self.ckpt_dir / "best.pt"
         last_path = self.ckpt_dir / "last.pt"
 
@@ -290,16 +326,35 @@ class Trainer:
         return load_checkpoint(path)
 
     def _config_for_resume(self, state: dict[str, Any]) -> RunConfig:
-        """The checkpoint's config wins; only the iteration budget may change."""
-        saved = RunConfig.from_dict(state["config"], source=f"{self.ckpt_dir / 'last.pt'}")
-        for section in ("method", "network"):
-            if getattr(saved, section) != getattr(self.cfg, section):
-                raise CheckpointError(
-                    f"{self.ckpt_dir / 'last.pt'}: cannot resume: its {section} settings {getattr(saved, section)} "
-                    f"differ from the requested {getattr(self.cfg, section)}; use a new run folder"
-                )
-        saved.train.iterations = self.cfg.train.iterations
-        return saved
+        """The checkpoint's config, with the requested changes that a resume can take.
+
+        Settings in ``config.RESUMABLE_KEYS`` (iterations, intervals, device, a moved
+        dataset, inference) follow the request; a change to any other setting (method,
+        network, learning rate, patch size, ...) is refused, naming each one.
+        """
+        source = self.ckpt_dir / "last.pt"
+        saved = RunConfig.from_dict(state["config"], source=str(source)).to_dict()
+        requested = self.cfg.to_dict()
+        flat_saved, flat_requested = _flatten(saved), _flatten(requested)
+        changed = sorted(k for k in flat_saved.keys() | flat_requested.keys() if flat_saved.get(k) != flat_requested.get(k))
+        refused = [k for k in changed if not any(fnmatch.fnmatchcase(k, pattern) for pattern in RESUMABLE_KEYS)]
+        if refused:
+            details = "; ".join(f"{k}: {flat_saved.get(k)!r} in the checkpoint, {flat_requested.get(k)!r} requested" for k in refused)
+            raise ConfigError(
+                f"{source}: cannot resume with changed setting(s): {details}. A resume may change only "
+                f"{', '.join(RESUMABLE_KEYS)}; for other settings train into a new run folder"
+            )
+        for key in changed:
+            section, name = key.split(".", 1)
+            saved[section][name.split(".")[0]] = requested[section][name.split(".")[0]]
+            log.info("resume: %s changed from %r to %r", key, flat_saved.get(key), flat_requested.get(key))
+        cfg = RunConfig.from_dict(saved, source=str(source))
+        if cfg.train.iterations < int(state["iteration"]):
+            raise ConfigError(
+                f"{source}: train.iterations {cfg.train.iterations} is below the iteration {int(state['iteration'])} "
+                "the checkpoint has reached; ask for at least as many"
+            )
+        return cfg
 
     def _optimizer(self, method: Method) -> torch.optim.Optimizer:
         t = self.cfg.train
@@ -352,6 +407,38 @@ class Trainer:
                 signal.signal(sig, handler)
 
         return restore
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def _check_unlabeled(method: Method, spec: DatasetSpec, cfg: RunConfig) -> None:
+    """A semi-supervised method without unlabeled batches would silently train supervised."""
+    if not method.uses_unlabeled:
+        return
+    if not spec.unlabeled:
+        raise DataError(
+            f"{spec.source}: method {cfg.method.name!r} learns from unlabeled images but the dataset lists none "
+            "('unlabeled' is empty); add unlabeled images or use method.name: supervised"
+        )
+    if cfg.train.unlabeled_batch < 1:
+        raise ConfigError(
+            f"train.unlabeled_batch is {cfg.train.unlabeled_batch}: method {cfg.method.name!r} needs unlabeled "
+            "batches (>= 1); use method.name: supervised to train without them"
+        )
+
+
+def training_orientations(spec: DatasetSpec) -> list[str]:
+    """Orientation codes (e.g. ``"LPS"``) of the training images, from their headers."""
+    codes = {orientation_code(read_geometry(c.image)) for c in [*spec.training, *spec.unlabeled]}
+    return sorted(c for c in codes if c)
 
 
 class _Context:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from ..data import DataError, DatasetSpec, image_to_array, read_image
-from ..data.dataset import case_name_from_path
+from ..data.dataset import IMAGE_EXTENSIONS, case_name_from_path
 from ..data.io import geometry_of, same_geometry
 from .metrics import evaluate_case, summarize, write_results
 
@@ -38,11 +38,11 @@ def evaluate_predictions(
         if not cases:
             raise DataError(f"{dataset}: the {split!r} list has no labeled cases to evaluate against")
     elif labels_dir is not None:
-        cases = {case_name_from_path(p): p for p in sorted(Path(labels_dir).iterdir()) if p.is_file()}
+        cases = _label_files(Path(labels_dir))
     else:
         raise DataError("give a dataset.json or a folder of reference labels")
 
-    rows = []
+    loaded = []
     for name, ref_path in sorted(cases.items()):
         pred_path = pred_dir / f"{name}_label.nrrd"
         if not pred_path.exists():
@@ -50,11 +50,72 @@ def evaluate_predictions(
         ref_img, pred_img = read_image(ref_path), read_image(pred_path)
         if not same_geometry(geometry_of(ref_img), geometry_of(pred_img)):
             raise DataError(f"{pred_path}: geometry differs from its reference {ref_path}")
-        ref, pred = image_to_array(ref_img).astype(np.int64), image_to_array(pred_img).astype(np.int64)
-        num_classes = len(class_names) if class_names else int(max(ref.max(), pred.max())) + 1
-        names = class_names or ["background"] + [f"class_{i}" for i in range(1, num_classes)]
-        row = evaluate_case(pred, ref, num_classes, ref_img.GetSpacing(), names, case=name)
-        rows.append(row)
+        ref = label_values(image_to_array(ref_img), ref_path, class_names)
+        pred = label_values(image_to_array(pred_img), pred_path, class_names)
+        loaded.append((name, ref_img.GetSpacing(), ref, pred))
+    if not class_names:
+        class_names = _undeclared_classes(loaded, labels_dir)
+    rows = [
+        evaluate_case(pred, ref, len(class_names), spacing, class_names, case=name) for name, spacing, ref, pred in loaded
+    ]
     summary = summarize(rows)
     write_results(rows, summary, Path(output_dir) if output_dir else pred_dir)
     return summary
+
+
+def _label_files(folder: Path) -> dict[str, Path]:
+    """Image files of ``folder`` by case name; other files (README.txt, .DS_Store) are skipped."""
+    if not folder.is_dir():
+        raise DataError(f"{folder}: folder not found")
+    files = [
+        p for p in sorted(folder.iterdir())
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_EXTENSIONS)
+    ]
+    if not files:
+        raise DataError(f"{folder}: no label image files ({', '.join(IMAGE_EXTENSIONS)})")
+    return {case_name_from_path(p): p for p in files}
+
+
+def label_values(arr: np.ndarray, path: Path, class_names: list[str] | None) -> np.ndarray:
+    """A label map as int64, refusing what is not one: non-integer values (0/0.5), or
+    values outside the declared classes ``0..C-1`` (a 0/255 mask for 2 classes).
+
+    Without declared classes only the integrality and the sign are checked here; the
+    values together must then be consecutive (:func:`_undeclared_classes`).
+    """
+    if arr.dtype.kind == "f":
+        if not np.isfinite(arr).all():
+            raise DataError(f"{path}: label map has NaN or infinite values")
+        fractional = arr != np.rint(arr)
+        if fractional.any():
+            shown = ", ".join(f"{v:g}" for v in np.unique(arr[fractional])[:5])
+            raise DataError(f"{path}: label values must be whole class numbers; found {shown}")
+    elif arr.dtype.kind not in "iub":
+        raise DataError(f"{path}: pixel type {arr.dtype} is not a label map")
+    values = arr.astype(np.int64)
+    top = len(class_names) - 1 if class_names else None
+    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    if low < 0 or (top is not None and high > top):
+        outside = np.unique(values[(values < 0) | (values > (top if top is not None else high))])
+        shown = ", ".join(str(v) for v in outside[:10]) + (", ..." if outside.size > 10 else "")
+        declared = f"the declared classes 0..{top} ({', '.join(class_names)})" if class_names else "class numbers >= 0"
+        raise DataError(f"{path}: label values {shown} are not among {declared}")
+    return values
+
+
+def _undeclared_classes(loaded: list, labels_dir: Path | None) -> list[str]:
+    """Class names for references without declared classes: the values found must be
+    0..K-1 without gaps, so a 0/255 mask is refused rather than scored as 256 classes."""
+    found: set[int] = set()
+    for _, _, ref, pred in loaded:
+        found.update(np.unique(ref).tolist())
+        found.update(np.unique(pred).tolist())
+    top = max(found | {1})
+    missing = sorted(set(range(top + 1)) - found)
+    if missing:
+        shown = ", ".join(str(v) for v in sorted(found)[:10])
+        raise DataError(
+            f"{labels_dir}: label values {shown} are not consecutive class numbers 0..{top} "
+            f"({len(missing)} missing); pass --classes (names, background first) or --dataset to declare the classes"
+        )
+    return ["background"] + [f"class_{i}" for i in range(1, top + 1)]

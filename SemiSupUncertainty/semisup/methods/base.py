@@ -51,14 +51,17 @@ class TrainingContext(Protocol):
 
 def build_params(params_cls: type, raw: dict[str, Any] | None, method: str) -> Any:
     """Typed method parameters from a config mapping, with a clear error on unknown keys."""
-    from ..config import ConfigError
+    import typing
+
+    from ..config import ConfigError, cast_value
 
     raw = dict(raw or {})
     names = {f.name for f in dataclasses.fields(params_cls)}
     unknown = set(raw) - names
     if unknown:
         raise ConfigError(f"method {method!r}: unknown parameter(s) {sorted(unknown)}; known: {sorted(names)}")
-    return params_cls(**raw)
+    hints = typing.get_type_hints(params_cls)
+    return params_cls(**{k: cast_value(v, hints[k], f"method.params.{k}") for k, v in raw.items()})
 
 
 class Method(nn.Module):

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
+from ..config import ConfigError
 from ..inference.uncertainty import predictive_entropy
 from .base import Method, NetworkFactory, StepOutput
 from .ema import init_teacher, update_ema
@@ -80,6 +81,11 @@ class UAMT(Method):
 
     def __init__(self, network_factory: NetworkFactory, num_classes: int, params: UAMTParams) -> None:
         super().__init__(network_factory, num_classes, params)
+        if self.use_uncertainty_mask and params.mc_samples < 1:
+            # T = 0 would leave no teacher passes to measure the uncertainty with.
+            raise ConfigError(f"{self.name}: method.params.mc_samples must be >= 1 (teacher passes T), got {params.mc_samples}")
+        if params.iterations_per_epoch < 1:
+            raise ConfigError(f"{self.name}: method.params.iterations_per_epoch must be >= 1, got {params.iterations_per_epoch}")
         self.student = network_factory()
         # Teacher starts as a copy; ema_decay(0) = 0 makes it equal the student after step 0 anyway.
         self.teacher = init_teacher(copy.deepcopy(self.student))
