@@ -172,7 +172,9 @@ def test_cli_predict_writes_outputs_on_input_geometry(dataset, tmp_path):
     out, err = proc.communicate(timeout=300)
     assert proc.returncode == 0, err
     events = _events(out)
-    assert [e["event"] for e in events] == ["predict_start", "predicted", "predict_done"]
+    # The swapped x/y axes differ from the training images' (LPS): predict warns (issue 16, item 9).
+    assert [e["event"] for e in events] == ["predict_start", "warning", "predicted", "predict_done"]
+    assert "oriented ALS" in events[1]["message"] and "LPS" in events[1]["message"]
     for kind in ("label", "uncertainty", "mutual_information"):
         res = sitk.ReadImage(str(out_dir / f"oblique_case_{kind}.nrrd"))
         assert res.GetSize() == img.GetSize()

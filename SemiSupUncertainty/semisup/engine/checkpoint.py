@@ -100,8 +100,10 @@ def save_checkpoint(state: dict[str, Any], path: str | Path) -> Path:
         os.replace(tmp, path)
     except BaseException as exc:
         tmp.unlink(missing_ok=True)
-        if isinstance(exc, RuntimeError) and isinstance(exc.__cause__ or exc.__context__, OSError):
-            raise (exc.__cause__ or exc.__context__) from None  # torch wraps the disk error
+        # torch wraps a failed write (full disk) in a RuntimeError; name the checkpoint in it.
+        cause = exc if isinstance(exc, OSError) else exc.__cause__ or exc.__context__ if isinstance(exc, RuntimeError) else None
+        if isinstance(cause, OSError) and cause.errno is not None:
+            raise OSError(cause.errno, cause.strerror, str(path)) from None
         raise
     return path
 

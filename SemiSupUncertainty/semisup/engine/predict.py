@@ -179,7 +179,9 @@ def predict_files(
     emit("predict_done", cases=len(rows), scores_csv=csv_path and str(csv_path), seconds=time.time() - start, failed=[str(p) for p in failed])
     if failed:
         listed = "\n  ".join(failed.values())
-        raise DataError(f"{len(failed)} of {len(inputs)} input(s) failed, the other outputs are written:\n  {listed}" if len(failed) > 1 else f"{next(iter(failed.values()))} (the other inputs' outputs are written)")
+        if len(inputs) == 1:
+            raise DataError(listed)
+        raise DataError(f"{len(failed)} of {len(inputs)} inputs failed; the other inputs' outputs are written:\n  {listed}")
     return rows
 
 
