@@ -19,7 +19,7 @@ from typing import Sequence
 from . import commands
 from ._version import __version__
 from .commands import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
-from .commands.signals import StartupCancelled, install_cancel_handlers
+from .commands.signals import StartupCancelled, install_cancel_handlers, restore_handlers
 from .config import ConfigError
 from .data import DataError
 from .engine import BarSink, CheckpointError, Emitter, JsonLinesSink, TrainingCancelled, TrainingDiverged
@@ -119,7 +119,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    install_cancel_handlers()  # a stop request while starting is a cancel (exit 3), not a crash
+    previous_handlers = install_cancel_handlers()  # a stop request while starting is a cancel (exit 3), not a crash
     emit: Emitter | None = None
     progress = "none"
     try:
@@ -157,6 +157,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 emit.close()
             except OSError:
                 pass
+        restore_handlers(previous_handlers)
 
 
 def _safe_emit(emit: Emitter | None, event: str, **fields) -> None:

@@ -297,9 +297,7 @@ def test_resume_refuses_overrides_it_cannot_apply(run_copy, capsys):
     before = snapshot(run_copy)
     code, events, err = cli(capsys, "train", "--run-dir", str(run_copy), "--resume", "--set", "train.lr=0.5")
     assert_refused(code, events, err, "train.lr", "0.01", "0.5", "new run folder")
-    logs = ("progress.jsonl", "train.log")  # they record the refused attempt
-    after = snapshot(run_copy)
-    assert {k: v for k, v in after.items() if k not in logs} == {k: v for k, v in before.items() if k not in logs}
+    assert snapshot(run_copy) == before  # its logs too: the finished run still reads as finished
 
 
 def test_resume_a_moved_dataset_given_relative_to_the_working_directory(run_copy, dataset, tmp_path, capsys, monkeypatch):

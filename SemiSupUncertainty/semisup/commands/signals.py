@@ -16,7 +16,7 @@ import threading
 import time
 from typing import Any
 
-__all__ = ["StartupCancelled", "install_cancel_handlers", "cancelled_line"]
+__all__ = ["StartupCancelled", "install_cancel_handlers", "restore_handlers", "cancelled_line", "report_early_cancel"]
 
 
 class StartupCancelled(BaseException):
@@ -33,15 +33,23 @@ def _signals() -> list[int]:
 
 
 def _raise(signum: int, frame: Any) -> None:
-    raise StartupCancelled(f"cancelled by signal {signal.Signals(signum).name} while starting")
+    raise StartupCancelled(f"stopped by {signal.Signals(signum).name} outside the training loop (while starting or writing results)")
 
 
-def install_cancel_handlers() -> None:
-    """Make a stop signal raise :class:`StartupCancelled` in the main thread."""
+def install_cancel_handlers() -> dict[int, Any]:
+    """Make a stop signal raise :class:`StartupCancelled` in the main thread; return the
+    previous handlers (for :func:`restore_handlers`)."""
     if threading.current_thread() is not threading.main_thread():
-        return
-    for sig in _signals():
+        return {}
+    previous = {sig: signal.getsignal(sig) for sig in _signals()}
+    for sig in previous:
         signal.signal(sig, _raise)
+    return previous
+
+
+def restore_handlers(previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
 
 
 def cancelled_line(reason: str) -> str:

@@ -9,7 +9,7 @@ from typing import Sequence
 
 from ..config import ConfigError, load_config
 from ..engine import Emitter, FileSink
-from ..engine.runfolder import acquire_run_lock, check_can_train
+from ..engine.runfolder import acquire_run_lock
 from ..engine.runlog import TrainLog
 from .exit_codes import EXIT_OK
 
@@ -36,12 +36,13 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
     if not cfg.data.dataset:
         raise ConfigError(f"{config}: data.dataset is empty: name the dataset.json to train on")
     # Refusals come before anything is written to the folder, its logs included.
-    check_can_train(run_dir, args.resume)
+    trainer = Trainer(cfg, run_dir, emit, resume=args.resume)
+    trainer.prepare()
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun rank 0 alone writes the folder
         # Held until the emitter closes: the run's last event lands before another process may write.
         emit.sinks.append(acquire_run_lock(run_dir))
         # Inserted before the lock so they close (flush) before it is released.
         emit.sinks.insert(len(emit.sinks) - 1, FileSink(run_dir / "progress.jsonl"))
         emit.sinks.insert(len(emit.sinks) - 1, TrainLog(run_dir / "train.log"))
-    Trainer(cfg, run_dir, emit, resume=args.resume).fit()
+    trainer.fit()
     return EXIT_OK

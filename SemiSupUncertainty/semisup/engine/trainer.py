@@ -111,11 +111,26 @@ class Trainer:
         self.resume = resume
         self.ckpt_dir = self.run_dir / "checkpoints"
         self._stop = threading.Event()
+        self._prepared = False
+        self._resume_from: dict[str, Any] | None = None
 
     # -- public -------------------------------------------------------------------
     def request_stop(self, *_: Any) -> None:
         """Finish the current iteration, write ``last.pt`` and stop (signal handler)."""
         self._stop.set()
+
+    def prepare(self) -> RunConfig:
+        """The refusals that need no data, before anything is written: a trained folder
+        without ``resume``, a resume that changes what it cannot. Loads the resume state
+        and returns the config the run will use; :meth:`fit` calls it when not done yet.
+        """
+        if not self._prepared:
+            check_can_train(self.run_dir, self.resume)
+            self._resume_from = self._resume_state()
+            if self._resume_from is not None:
+                self.cfg = self._config_for_resume(self._resume_from)
+            self._prepared = True
+        return self.cfg
 
     def fit(self) -> TrainResult:
         """Train; the run folder is locked meanwhile (engine/runfolder.py).
@@ -129,9 +144,10 @@ class Trainer:
         # Under torchrun rank 0 alone writes the folder (RANK is set before any import).
         lock = acquire_run_lock(self.run_dir) if int(os.environ.get("RANK", "0")) == 0 else RunLock(None)
         try:
-            check_can_train(self.run_dir, self.resume)
+            check_can_train(self.run_dir, self.resume)  # again: the folder may have changed before the lock
             if self.ckpt_dir.is_dir():
                 remove_stale_temporaries(self.ckpt_dir)  # safe: the lock is ours
+            self.prepare()
             return self._fit()
         finally:
             lock.release()
@@ -139,10 +155,7 @@ class Trainer:
     def _fit(self) -> TrainResult:
         cfg = self.cfg
         start_time = time.time()
-        resume_state = self._resume_state()
-        if resume_state is not None:
-            cfg = self._config_for_resume(resume_state)
-            self.cfg = cfg
+        resume_state, self._resume_from = self._resume_from, None  # not kept for the whole run
         # Issue 6, DDP under torchrun (engine/distributed.py); a no-op in a single process.
         ddp = init_distributed(cfg.train.device)
         if not ddp.is_main:
