@@ -252,6 +252,8 @@ def test_evaluate_labels_folder_needs_consecutive_classes_and_skips_other_files(
     (labels / "README.txt").write_text("reference labels, drawn by hand\n")
     code, events, err = cli(capsys, "evaluate", "--predictions", str(root / "pred"), "--labels", str(labels))
     assert_refused(code, events, err, "255", "not consecutive", "--classes")
+    code, events, err = cli(capsys, "evaluate", "--predictions", str(root / "pred"), "--labels", str(labels), "--classes", "background", "organ")
+    assert_refused(code, events, err, "c.nrrd", "255", "declared classes 0..1 (background, organ)")
     write_label(labels / "c.nrrd", ref)  # a proper 0/1 map; README.txt is no case
     code, events, err = cli(capsys, "evaluate", "--predictions", str(root / "pred"), "--labels", str(labels))
     assert code == 0, err

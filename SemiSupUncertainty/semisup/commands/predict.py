@@ -24,5 +24,10 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
     model = load_trained(ckpt, args.device)
     if args.largest_component:
         model.cfg.inference.largest_component = True
-    predict_files(model, args.input, out, mc_samples=args.mc_samples, save_probabilities=args.save_probabilities, emit=emit)
+    try:
+        predict_files(model, args.input, out, mc_samples=args.mc_samples, save_probabilities=args.save_probabilities, emit=emit)
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write names no file: name the folder
+            raise OSError(exc.errno, exc.strerror, str(out)) from None
+        raise
     return EXIT_OK

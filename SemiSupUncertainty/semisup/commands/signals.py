@@ -32,7 +32,13 @@ def _signals() -> list[int]:
     return [signal.SIGTERM, signal.SIGINT] + ([signal.SIGBREAK] if hasattr(signal, "SIGBREAK") else [])
 
 
+def _ignore(signum: int, frame: Any) -> None:
+    pass
+
+
 def _raise(signum: int, frame: Any) -> None:
+    for sig in _signals():  # a second request must not interrupt the way out
+        signal.signal(sig, _ignore)
     raise StartupCancelled(f"stopped by {signal.Signals(signum).name} outside the training loop (while starting or writing results)")
 
 

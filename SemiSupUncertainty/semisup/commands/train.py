@@ -44,5 +44,10 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
         # Inserted before the lock so they close (flush) before it is released.
         emit.sinks.insert(len(emit.sinks) - 1, FileSink(run_dir / "progress.jsonl"))
         emit.sinks.insert(len(emit.sinks) - 1, TrainLog(run_dir / "train.log"))
-    trainer.fit()
+    try:
+        trainer.fit()
+    except OSError as exc:
+        if exc.filename is None and exc.errno is not None:  # a failed write names no file: name the folder
+            raise OSError(exc.errno, exc.strerror, str(run_dir)) from None
+        raise
     return EXIT_OK

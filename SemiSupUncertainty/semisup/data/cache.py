@@ -126,6 +126,10 @@ def _save_npy(path: Path, arr: np.ndarray, order: str) -> None:
         with open(tmp, "wb") as fh:
             np.save(fh, np.asfortranarray(arr) if order == "F" else np.ascontiguousarray(arr))
         os.replace(tmp, path)
+    except OSError as exc:  # a full disk: name the file (a failed write() names none)
+        if exc.filename is None and exc.errno is not None:
+            raise OSError(exc.errno, exc.strerror, str(path)) from None
+        raise
     finally:
         if tmp.exists():
             tmp.unlink()
