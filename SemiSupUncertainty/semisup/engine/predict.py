@@ -168,8 +168,7 @@ def predict_files(
                 image = read_image(path)
                 check_image(image, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
             except DataError as exc:  # one bad file must not cost the others their outputs
-                failed[path] = str(exc)
-                log.error("%s", exc)
+                failed[path] = str(exc)  # named again in the final error
                 emit("warning", case=name, message=str(exc))
                 continue
             _warn_orientation(model, geom, path, name, emit)
