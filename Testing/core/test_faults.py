@@ -171,9 +171,9 @@ def test_predict_outputs_carry_provenance_and_may_be_replaced_by_predict(trained
 
 
 # -- 3. one writer per run folder ----------------------------------------------------------
-def _fresh_run(dataset: Path, folder: Path, **train) -> Path:
+def _fresh_run(dataset: Path, folder: Path, iterations: int = 2, **train) -> Path:
     folder.mkdir(parents=True)
-    save_config(tiny_config(dataset, iterations=2, **train), folder / "config.yaml")
+    save_config(tiny_config(dataset, iterations=iterations, **train), folder / "config.yaml")
     return folder
 
 
@@ -190,6 +190,28 @@ def test_a_live_lock_refuses_a_second_training(dataset, tmp_path, capsys):
     finally:
         holder.kill()
         holder.wait()
+
+
+def test_two_trainings_at_once_the_second_is_refused(dataset, tmp_path, capsys):
+    run = _fresh_run(dataset, tmp_path / "run", iterations=100_000, checkpoint_every=1_000_000, val_every=1_000_000)
+    proc = _spawn("train", "--run-dir", str(run), "--progress", "json")
+    try:
+        deadline = time.time() + 120
+        while not ((run / "progress.jsonl").exists() and '"start"' in (run / "progress.jsonl").read_text()):
+            assert proc.poll() is None and time.time() < deadline, proc.stderr.read()
+            time.sleep(0.2)
+        holder = json.loads((run / "train.lock").read_text())
+        assert holder["pid"] == proc.pid
+        for extra in ([], ["--resume"]):
+            code, events, err = cli(capsys, "train", "--run-dir", str(run), *extra)
+            assert_refused(code, events, err, f"process {proc.pid}")
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    progress = _events((run / "progress.jsonl").read_text())
+    assert [e["event"] for e in progress if e["event"] in ("start", "error", "cancelled")] == ["start", "cancelled"]  # nothing mixed in
+    assert not (run / "train.lock").exists()  # released on the way out
 
 
 def test_a_stale_lock_of_a_dead_process_is_taken_over(dataset, tmp_path, capsys):
