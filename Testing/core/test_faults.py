@@ -420,7 +420,7 @@ def test_predict_warns_when_axes_differ_from_the_training_images(trained, datase
 
 # -- 10. signals while starting, unwritable folders, a full disk ------------------------------
 def test_a_signal_during_startup_is_a_cancel(dataset, tmp_path):
-    run = _fresh_run(dataset, tmp_path / "run")
+    run = _fresh_run(dataset, tmp_path / "run", iterations=100_000)  # never done before the signal
     proc = _spawn("train", "--run-dir", str(run), "--progress", "json")
     time.sleep(1.0)  # still importing torch, or checking the data
     proc.send_signal(signal.SIGTERM)
