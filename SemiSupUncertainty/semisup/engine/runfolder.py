@@ -145,8 +145,8 @@ def acquire_run_lock(run_dir: str | Path) -> RunLock:
             holder = _holder(path)
             if holder is None:
                 continue  # released meanwhile
-            if holder.get("pid") == pid and holder.get("hostname") == host:
-                return RunLock(None)
+            if holder.get("pid") == pid and holder.get("hostname") == host and _alive(pid, holder.get("started")):
+                return RunLock(None)  # ours already (a stale lock of an earlier process with our pid is taken over)
             if not _is_stale(path, holder):
                 since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(holder["started"])) if holder.get("started") else "?"
                 raise RunFolderBusy(
