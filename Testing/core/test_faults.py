@@ -227,6 +227,19 @@ def test_a_stale_lock_of_a_dead_process_is_taken_over(dataset, tmp_path, capsys)
     assert not (run / "train.lock").exists()  # released at the end
 
 
+def test_a_lock_left_by_an_earlier_process_with_this_pid_is_taken_over(tmp_path):
+    import socket
+
+    from semisup.engine.runfolder import LOCK_NAME, acquire_run_lock
+
+    lock_file = tmp_path / LOCK_NAME  # same pid and host, but written long before this process started
+    lock_file.write_text(json.dumps({"pid": os.getpid(), "hostname": socket.gethostname(), "started": 1.0e9, "token": "old"}))
+    lock = acquire_run_lock(tmp_path)
+    assert json.loads(lock_file.read_text())["token"] != "old"
+    lock.release()
+    assert not lock_file.exists()
+
+
 # -- 4. evaluate refuses what is not a label map of the declared classes ------------------
 @pytest.fixture()
 def eval_case(tmp_path):
@@ -440,6 +453,13 @@ def test_an_unwritable_run_folder_is_a_one_line_error(trained, dataset, tmp_path
         ro.mkdir(mode=0o555)
         code, events, err = cli(capsys, "predict", "--run-dir", str(trained), "--input", str(DatasetSpec.from_json(dataset).test[0].image), "--output-dir", str(ro / "p"))
         assert_refused(code, events, err, str(ro / "p"))
+        ro_run = _fresh_run(dataset, tmp_path / "ro_run")
+        ro_run.chmod(0o555)
+        try:
+            code, events, err = cli(capsys, "train", "--run-dir", str(ro_run))
+            assert_refused(code, events, err, str(ro_run))
+        finally:
+            ro_run.chmod(0o755)
 
 
 def test_a_full_disk_is_a_one_line_error_and_leaves_no_temporaries(dataset, tmp_path):
