@@ -137,6 +137,18 @@ def predict_files(
     """Predict each input file and write ``<case>_label.nrrd``, ``<case>_uncertainty.nrrd``,
     ``<case>_mutual_information.nrrd`` (and ``<case>_probabilities.nrrd``), plus
     ``scores.csv``/``scores.json`` ranking the cases most uncertain first.
+
+    Every image written carries the header field ``semisup_provenance``. Each input's
+    header is checked before its voxels are read; an input that fails is reported
+    (``warning`` event) and the others are still predicted and scored.
+
+    Raises
+    ------
+    DataError
+        Before anything is written: two inputs share a case name, or an output file
+        exists that predict did not write. After the others: the inputs that failed.
+    ConfigError
+        ``mc_samples`` below 1.
     """
     emit = emit or (lambda *a, **k: None)
     out_dir = Path(output_dir)
