@@ -5,6 +5,9 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+# Every progress event written during the tests (workers included: they inherit the
+# environment) is checked against the schema in semisup/protocol/events.py.
+os.environ.setdefault("SEMISUP_VALIDATE_EVENTS", "1")
 
 REPO = Path(__file__).resolve().parents[1]
 # The core library is importable without installation when tests run from a checkout.

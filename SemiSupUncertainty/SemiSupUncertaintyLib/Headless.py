@@ -15,13 +15,12 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .MRMLIO import readSegmentation, readVolume, writeSegmentation, writeVolume
-from .ProgressParser import ProgressEvent
-from .WorkerProcess import ExitStatus
+from semisup.protocol import STATUS_EXIT_CODES, Event, ProgressTracker
 
 __all__ = ["EXIT_CODES", "scene", "scriptArguments", "loadLabeledCase", "progressPrinter", "writeTableCsv", "writePrediction", "finish", "addWorkerOptions", "logicFromOptions"]
 
 #: Script exit codes: the worker's (docs/worker-protocol.md).
-EXIT_CODES = {ExitStatus.FINISHED: 0, ExitStatus.FAILED: 1, ExitStatus.KILLED: 1, ExitStatus.BAD_INPUT: 2, ExitStatus.CANCELLED: 3}
+EXIT_CODES = STATUS_EXIT_CODES
 
 
 def scene():
@@ -69,22 +68,19 @@ def loadLabeledCase(mrmlScene, image: str, labels: str, classNames: Sequence[str
     return volume, seg
 
 
-def progressPrinter(out=None, every: float = 5.0) -> Callable[[ProgressEvent], None]:
+def progressPrinter(out=None, every: float = 5.0) -> Callable[[Event], None]:
     """An ``onEvent`` callback printing the status line: every event but iterations, which at most every ``every`` s."""
     out = out or sys.stdout
     last = [0.0]
-    tracker = {}
+    tracker = ProgressTracker()
 
-    def onEvent(event: ProgressEvent) -> None:
-        from .ProgressParser import ProgressTracker
-
-        t = tracker.setdefault("t", ProgressTracker())
-        t.update(event)
+    def onEvent(event: Event) -> None:
+        tracker.update(event)
         now = time.monotonic()
-        if event.kind in ("iteration", "checkpoint") and now - last[0] < every:
+        if event.name in ("iteration", "checkpoint") and now - last[0] < every:
             return
         last[0] = now
-        print(t.statusText(), file=out, flush=True)
+        print(tracker.status_text(), file=out, flush=True)
 
     return onEvent
 

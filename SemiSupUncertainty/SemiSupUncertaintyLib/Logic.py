@@ -28,12 +28,14 @@ from .Parameters import TrainingSettings
 from .Paths import coreLibraryParent, ensureCoreLibraryOnPath
 from .PredictionJob import PredictionJob, PredictionResult
 from .ProgressChart import ProgressChart
-from .ProgressParser import ProgressEvent, ProgressTracker
 from .RunFolder import RunInfo, activeWorkerPids, classNamesOfRun, listRuns
 from .SceneExporter import InputError, SceneExporter
 from .SceneImporter import SceneImporter
 from .TrainingJob import TrainingJob, TrainingResult
 from .WorkerProcess import WorkerProcess, defaultPythonExecutable
+
+from semisup.protocol import Event, ProgressTracker
+from semisup.protocol.exits import CANCEL_FILE
 
 __all__ = ["SemiSupUncertaintyLogic"]
 
@@ -117,7 +119,7 @@ class SemiSupUncertaintyLogic:
     def python(self) -> str:
         return self.pythonExecutable or defaultPythonExecutable()
 
-    def _worker(self, commandArgs: Sequence[str], logPath: Path | None = None) -> WorkerProcess:
+    def _worker(self, commandArgs: Sequence[str], logPath: Path | None = None, cancelFile: Path | None = None) -> WorkerProcess:
         return WorkerProcess.semisup(
             [str(a) for a in commandArgs],
             python=self.python,
@@ -125,6 +127,7 @@ class SemiSupUncertaintyLogic:
             module=self.workerModule,
             extraEnv=self.workerEnv,
             logPath=logPath,
+            cancelFile=cancelFile,
         )
 
     def deviceInfo(self, timeout: float = 180.0) -> DeviceInfo:
@@ -190,7 +193,7 @@ class SemiSupUncertaintyLogic:
         classNames: Sequence[str] | None = None,
         overrides: dict[str, Any] | None = None,
         wait: bool = True,
-        onEvent: Callable[[ProgressEvent], None] | None = None,
+        onEvent: Callable[[Event], None] | None = None,
         chart: bool = False,
         logProgress: bool | None = None,
         **settingFields: Any,
@@ -239,7 +242,7 @@ class SemiSupUncertaintyLogic:
         *,
         overrides: dict[str, Any] | None = None,
         wait: bool = True,
-        onEvent: Callable[[ProgressEvent], None] | None = None,
+        onEvent: Callable[[Event], None] | None = None,
         chart: bool = False,
         logProgress: bool | None = None,
     ) -> TrainingResult | TrainingJob:
@@ -259,14 +262,14 @@ class SemiSupUncertaintyLogic:
             self.writeConfig(runDir, overrides, base=runDir / "config.yaml")
         elif info.state == "finished":
             raise InputError(f"{runDir} has finished training; to train longer, resume with more iterations (overrides={{'train.iterations': N}})")
-        tracker = ProgressTracker.fromFile(runDir / "progress.jsonl")  # the curves so far
+        tracker = ProgressTracker.from_file(runDir / "progress.jsonl")  # the curves so far
         args = ["train", "--run-dir", runDir, "--resume", "--progress", "json"]
         return self._runTraining(runDir, args, tracker, wait, onEvent, chart, logProgress)
 
     def _runTraining(self, runDir: Path, args: list, tracker: ProgressTracker, wait: bool, onEvent, chart: bool, logProgress: bool | None):
         chartObject = ProgressChart(self.scene, f"SemiSup {runDir.name}") if chart else None
         job = TrainingJob(
-            self._worker(args, logPath=runDir / "slicer-worker.log"),
+            self._worker(args, logPath=runDir / "slicer-worker.log", cancelFile=runDir / CANCEL_FILE),
             runDir,
             chart=chartObject,
             tracker=tracker,
@@ -295,7 +298,7 @@ class SemiSupUncertaintyLogic:
         device: str = "auto",
         outputDir: str | Path | None = None,
         wait: bool = True,
-        onEvent: Callable[[ProgressEvent], None] | None = None,
+        onEvent: Callable[[Event], None] | None = None,
         show: bool = True,
         keepInputs: bool = False,
         logProgress: bool | None = None,

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Sequence
 
-from .ProgressParser import PredictedEvent
+from semisup.protocol import Event
+
 from .SceneExporter import ROLE_ATTRIBUTE, CaseRecord
 from .SceneImporter import SceneImporter, ScoreRow, primaryScore
 from .WorkerJob import WorkerJob
@@ -50,7 +51,7 @@ class PredictionJob(WorkerJob):
         self._arrivals = 0
         self.result: PredictionResult | None = None
 
-    def _indexOf(self, event: PredictedEvent) -> int | None:
+    def _indexOf(self, event: Event) -> int | None:
         for i, record in enumerate(self.records):
             if record.name == event.case and i not in self._loaded:
                 return i
@@ -64,7 +65,7 @@ class PredictionJob(WorkerJob):
         return path if path.is_absolute() else self.outputDir / path
 
     def _onEvent(self, event) -> None:
-        if not isinstance(event, PredictedEvent):
+        if event.name != "predicted":
             return
         index = self._indexOf(event)
         if index is None:

@@ -7,7 +7,8 @@ history).
 
 from __future__ import annotations
 
-from .ProgressParser import ProgressTracker
+from semisup.protocol import ProgressTracker
+
 from .SceneExporter import ROLE_ATTRIBUTE
 
 __all__ = ["ProgressChart"]
@@ -79,11 +80,11 @@ class ProgressChart:
     def update(self, tracker: ProgressTracker) -> None:
         """Bring the chart up to date with ``tracker``'s history."""
         newComponents = []
-        for _, _, losses in tracker.lossHistory[self._lossRows :]:
+        for _, _, losses in tracker.loss_history[self._lossRows :]:
             newComponents += [k for k in losses if k not in self._lossColumns and k not in newComponents]
-        if tracker.historyVersion != self._version or newComponents:
+        if tracker.history_version != self._version or newComponents:
             self._lossColumns += newComponents
-            self._version = tracker.historyVersion
+            self._version = tracker.history_version
             self._resetTables()
             if "loss" not in self.series:
                 self._addSeries("loss", self.lossTable, "loss", _LOSS_COLOR)
@@ -92,20 +93,20 @@ class ProgressChart:
                     self._addSeries(name, self.lossTable, name, _COMPONENT_COLORS[i % len(_COMPONENT_COLORS)], dashed=True)
 
         loss = self.lossTable.GetTable()
-        if len(tracker.lossHistory) > self._lossRows:
-            for iteration, value, losses in tracker.lossHistory[self._lossRows :]:
+        if len(tracker.loss_history) > self._lossRows:
+            for iteration, value, losses in tracker.loss_history[self._lossRows :]:
                 row = [float(iteration), float(value)] + [float(losses.get(n, float("nan"))) for n in self._lossColumns]
                 for col, v in enumerate(row):
                     loss.GetColumn(col).InsertNextValue(v)
-            self._lossRows = len(tracker.lossHistory)
+            self._lossRows = len(tracker.loss_history)
             loss.Modified()
             self.lossTable.Modified()
         dice = self.diceTable.GetTable()
-        if len(tracker.diceHistory) > self._diceRows:
-            for iteration, value in tracker.diceHistory[self._diceRows :]:
+        if len(tracker.dice_history) > self._diceRows:
+            for iteration, value in tracker.dice_history[self._diceRows :]:
                 dice.GetColumn(0).InsertNextValue(float(iteration))
                 dice.GetColumn(1).InsertNextValue(float(value))
-            self._diceRows = len(tracker.diceHistory)
+            self._diceRows = len(tracker.dice_history)
             dice.Modified()
             self.diceTable.Modified()
 

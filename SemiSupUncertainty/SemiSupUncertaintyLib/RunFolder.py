@@ -11,7 +11,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .ProgressParser import ProgressTracker
+from semisup.protocol import ProgressTracker
 
 __all__ = ["RunInfo", "listRuns", "classNamesOfRun", "activeWorkerPids"]
 
@@ -38,13 +38,13 @@ class RunInfo:
         info.hasLast = (path / "checkpoints" / "last.pt").is_file()
         info.hasBest = (path / "checkpoints" / "best.pt").is_file()
         info.classNames = classNamesOfRun(path)
-        tracker = ProgressTracker.fromFile(path / "progress.jsonl")
+        tracker = ProgressTracker.from_file(path / "progress.jsonl")
         info.method = tracker.method
-        info.iteration, info.iterations, info.bestDice = tracker.iteration, tracker.iterations, tracker.bestDice
+        info.iteration, info.iterations, info.bestDice = tracker.iteration, tracker.iterations, tracker.best_dice
         if tracker.phase == "done":
             info.state = "finished"
         elif tracker.phase == "failed":
-            info.state, info.errorMessage = "failed", tracker.errorMessage
+            info.state, info.errorMessage = "failed", tracker.error_message
         elif tracker.phase == "cancelled":
             info.state = "interrupted"
         elif tracker.phase == "training":

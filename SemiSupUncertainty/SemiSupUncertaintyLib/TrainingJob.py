@@ -41,6 +41,6 @@ class TrainingJob(WorkerJob):
 
     def _finish(self) -> None:
         t = self.tracker
-        best = t.bestCheckpoint or (str(self.runDir / "checkpoints" / "best.pt") if (self.runDir / "checkpoints" / "best.pt").exists() else "")
-        last = t.lastCheckpoint or (str(self.runDir / "checkpoints" / "last.pt") if (self.runDir / "checkpoints" / "last.pt").exists() else "")
-        self.result = TrainingResult(self.runDir, self.status, t.iteration, t.iterations, t.bestDice, best, last, self.errorMessage)
+        best = t.best_checkpoint or (str(self.runDir / "checkpoints" / "best.pt") if (self.runDir / "checkpoints" / "best.pt").exists() else "")
+        last = t.last_checkpoint or (str(self.runDir / "checkpoints" / "last.pt") if (self.runDir / "checkpoints" / "last.pt").exists() else "")
+        self.result = TrainingResult(self.runDir, self.status, t.iteration, t.iterations, t.best_dice, best, last, self.errorMessage)

@@ -493,7 +493,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
                 continue
             if events or job.finished:
                 bar.value = int(round(100 * job.tracker.fraction()))
-                self._setLabel(status, job.tracker.statusText(), "")
+                self._setLabel(status, job.tracker.status_text(), "")
             if job.finished:
                 self._reportedJobs.add(id(job))
                 self._finished(job, status)
@@ -505,11 +505,11 @@ class Widget(qt.QWidget, VTKObservationMixin):
     def _finished(self, job, statusLabel) -> None:
         if job.status == ExitStatus.FINISHED:
             if job is self.trainJob:
-                self._setLabel(statusLabel, job.tracker.statusText() + f"\nRun folder: {job.runDir}", "ok")
+                self._setLabel(statusLabel, job.tracker.status_text() + f"\nRun folder: {job.runDir}", "ok")
                 self.updateRunList(select=str(job.runDir))
             else:
                 self._showPrediction(job.result)
-                self._setLabel(statusLabel, f"{job.tracker.statusText()}. The ranking table lists the most uncertain volume first: label it next.", "ok")
+                self._setLabel(statusLabel, f"{job.tracker.status_text()}. The ranking table lists the most uncertain volume first: label it next.", "ok")
             return
         if job.status == ExitStatus.CANCELLED:
             self._setLabel(statusLabel, job.errorMessage, "warning")

@@ -7,7 +7,8 @@ import sys
 import time
 from typing import Callable
 
-from .ProgressParser import ProgressEvent, ProgressTracker
+from semisup.protocol import Event, ProgressTracker
+
 from .WorkerProcess import ExitStatus, WorkerError, WorkerProcess
 
 __all__ = ["WorkerJob", "slicerIdle"]
@@ -31,7 +32,7 @@ class WorkerJob:
 
     what = "The worker"
 
-    def __init__(self, worker: WorkerProcess, tracker: ProgressTracker | None = None, onEvent: Callable[[ProgressEvent], None] | None = None, logProgress: bool = False) -> None:
+    def __init__(self, worker: WorkerProcess, tracker: ProgressTracker | None = None, onEvent: Callable[[Event], None] | None = None, logProgress: bool = False) -> None:
         self.worker = worker
         self.tracker = tracker or ProgressTracker()
         self.onEvent = onEvent
@@ -48,23 +49,23 @@ class WorkerJob:
         return self
 
     # -- progress --------------------------------------------------------------
-    def _line(self, line: str) -> ProgressEvent | None:
+    def _line(self, line: str) -> Event | None:
         event = self.tracker.feed(line)
         if event is None:
             return None
         try:
             self._onEvent(event)
         except Exception as exc:  # a broken import must not kill the poll loop; reported at the end
-            log.exception("handling %s event failed", event.kind)
+            log.exception("handling %s event failed", event.name)
             self.finishError = self.finishError or f"{type(exc).__name__}: {exc}"
         if self.onEvent is not None:
             self.onEvent(event)
-        if self.logProgress and (time.monotonic() - self._lastLog > 10.0 or event.kind not in ("iteration", "checkpoint")):
+        if self.logProgress and (time.monotonic() - self._lastLog > 10.0 or event.name not in ("iteration", "checkpoint")):
             self._lastLog = time.monotonic()
-            log.info(self.tracker.statusText())
+            log.info(self.tracker.status_text())
         return event
 
-    def _onEvent(self, event: ProgressEvent) -> None:
+    def _onEvent(self, event: Event) -> None:
         pass
 
     def _afterEvents(self) -> None:
@@ -73,7 +74,7 @@ class WorkerJob:
     def _finish(self) -> None:
         pass
 
-    def poll(self) -> list[ProgressEvent]:
+    def poll(self) -> list[Event]:
         """Handle what the worker wrote since the last call; never blocks. Call it from the GUI thread."""
         events = [e for e in (self._line(line) for line in self.worker.poll()) if e is not None]
         if events:
@@ -95,7 +96,7 @@ class WorkerJob:
         if self._finalized or not self.worker.finished:
             return
         self._finalized = True
-        status, message = self.worker.outcome(self.tracker.errorMessage, self.what)
+        status, message = self.worker.outcome(self.tracker.error_message, self.what)
         self.status, self.errorMessage = status, message
         try:
             self._finish()
@@ -106,7 +107,7 @@ class WorkerJob:
             self.status = ExitStatus.FAILED
             self.errorMessage = f"The worker finished but its results could not be loaded: {self.finishError}"
         if self.logProgress:
-            log.info(self.errorMessage or self.tracker.statusText())
+            log.info(self.errorMessage or self.tracker.status_text())
 
     # -- state -----------------------------------------------------------------
     @property

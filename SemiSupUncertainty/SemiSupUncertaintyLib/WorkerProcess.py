@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import atexit
 import collections
-import enum
 import logging
 import os
 import queue
@@ -28,36 +27,22 @@ import weakref
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+from semisup.protocol import ExitStatus, explain_exit
+
 __all__ = [
-    "EXIT_OK",
-    "EXIT_ERROR",
-    "EXIT_BAD_INPUT",
-    "EXIT_CANCELLED",
     "ExitStatus",
     "WorkerError",
     "WorkerProcess",
     "defaultPythonExecutable",
     "workerEnvironment",
-    "explainExit",
+    "windowsCreationFlags",
 ]
 
 log = logging.getLogger(__name__)
 
-EXIT_OK, EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 0, 1, 2, 3
-
 #: Executables that start the real interpreter as a child (Slicer's launcher):
 #: a graceful SIGTERM must reach the child, and the launcher then exits with its code.
 LAUNCHER_NAMES = {"pythonslicer", "pythonslicer.exe", "slicer", "slicer.exe"}
-
-
-class ExitStatus(enum.Enum):
-    NOT_STARTED = "not started"
-    RUNNING = "running"
-    FINISHED = "finished"
-    FAILED = "failed"
-    BAD_INPUT = "bad input"
-    CANCELLED = "cancelled"
-    KILLED = "killed"
 
 
 class WorkerError(RuntimeError):
@@ -105,59 +90,16 @@ def workerEnvironment(pythonPath: Iterable[str | Path] = (), extra: dict[str, st
     return env
 
 
-def explainExit(
-    returncode: int | None,
-    errorMessage: str = "",
-    stderrTail: Sequence[str] = (),
-    cancelRequested: bool = False,
-    killed: bool = False,
-    what: str = "The worker",
-) -> tuple[ExitStatus, str]:
-    """Exit code and what the worker said, to a status and a message for a person."""
-    if returncode is None:
-        return ExitStatus.RUNNING, ""
-    if returncode == EXIT_OK:
-        return ExitStatus.FINISHED, ""
-    if returncode == EXIT_CANCELLED or cancelRequested:
-        if killed:
-            return ExitStatus.CANCELLED, f"{what} did not stop in time and was killed; resume continues from the last saved checkpoint."
-        return ExitStatus.CANCELLED, "Cancelled; resume continues from the last saved checkpoint."
-    message = errorMessage.strip()
-    if returncode < 0:  # ended by a signal: no exit code, maybe no message
-        if killed:
-            return ExitStatus.KILLED, f"{what} was killed; resume continues from the last saved checkpoint."
-        name = _signalName(-returncode)
-        text = f"{what} was stopped by the system ({name})"
-        if -returncode == getattr(signal, "SIGKILL", 9):
-            text += ", most often because the computer ran out of memory: lower the patch size or the batch sizes"
-        return ExitStatus.KILLED, text + "." + (f" Last message: {message}" if message else "")
-    status = ExitStatus.BAD_INPUT if returncode == EXIT_BAD_INPUT else ExitStatus.FAILED
-    tail = [line.rstrip() for line in stderrTail if line.strip()]
-    if not message and tail:
-        message = _messageFromStderr(tail)
-    if not message:
-        message = f"{what} stopped unexpectedly (exit code {returncode}) without an error message."
-    if "No module named" in message and ("semisup" in message or "torch" in message or "monai" in message):
-        message += " The Python packages the training needs are missing: click 'Install dependencies'."
-    return status, message
+def windowsCreationFlags() -> int:
+    """Own process group (CTRL_BREAK reaches the worker, not Slicer) and no console window.
 
-
-def _messageFromStderr(tail: list[str]) -> str:
-    for line in reversed(tail):  # a Python traceback ends with "SomeError: what happened"
-        stripped = line.strip()
-        if stripped.startswith("error:"):
-            return stripped[len("error:") :].strip()
-        head = stripped.split(":", 1)[0]
-        if ":" in stripped and (head.endswith("Error") or head.endswith("Exception")) and " " not in head:
-            return stripped
-    return tail[-1].strip()
-
-
-def _signalName(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
+    Windows only (0 elsewhere). ``CREATE_NO_WINDOW`` is what ``slicer.util.launchConsoleProcess``
+    achieves with ``STARTUPINFO``/``SW_HIDE`` (Base/Python/slicer/util.py): without it a
+    console window pops up for every worker and device check.
+    """
+    if os.name != "nt":
+        return 0
+    return subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
 
 
 _running: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()
@@ -185,6 +127,9 @@ class WorkerProcess:
         When given, every stdout and stderr line is also appended there.
     stderrLines:
         How many stderr lines to keep for error messages.
+    cancelFile:
+        For a training: ``<run>/cancel.request``, the stop request every platform
+        honours (see :meth:`cancel`).
     """
 
     def __init__(
@@ -194,11 +139,13 @@ class WorkerProcess:
         cwd: str | Path | None = None,
         logPath: str | Path | None = None,
         stderrLines: int = 200,
+        cancelFile: str | Path | None = None,
     ) -> None:
         self.args = [str(a) for a in args]
         self.env = env
         self.cwd = str(cwd) if cwd is not None else None
         self.logPath = Path(logPath) if logPath else None
+        self.cancelFile = Path(cancelFile) if cancelFile else None
         self.stderrTail: collections.deque[str] = collections.deque(maxlen=stderrLines)
         self.process: subprocess.Popen | None = None
         self.cancelRequested = False
@@ -228,11 +175,9 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         if self.process is not None:
             raise RuntimeError("worker already started")
-        kwargs = {}
-        if os.name == "nt":
-            # Own process group so that cancel can send CTRL_BREAK without hitting Slicer;
-            # no console window.
-            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        kwargs = {"creationflags": windowsCreationFlags()} if os.name == "nt" else {}
+        if self.cancelFile is not None:
+            self.cancelFile.unlink(missing_ok=True)  # a stale request must not stop the new attempt
         if self.logPath is not None:
             self.logPath.parent.mkdir(parents=True, exist_ok=True)
             self._log = open(self.logPath, "a", encoding="utf-8")
@@ -375,29 +320,46 @@ class WorkerProcess:
         return [pid]
 
     def cancel(self, gracePeriod: float = 10.0, wait: bool = False) -> None:
-        """Ask the worker to stop (SIGTERM); kill the whole tree if it has not exited after ``gracePeriod`` s.
+        """Ask the worker to stop; kill the whole tree if it has not exited after ``gracePeriod`` s.
 
-        Non-blocking by default: the deadline is enforced by :meth:`poll`/:meth:`wait`.
+        The request is the cancel file where there is one (a training: the trainer
+        checks it after every iteration, on every platform), plus a signal: SIGTERM on
+        POSIX, CTRL_BREAK (the worker's SIGBREAK) on Windows. From Slicer's GUI process,
+        which has no console, and to a worker started with ``CREATE_NO_WINDOW``, which has
+        its own, ``GenerateConsoleCtrlEvent`` cannot deliver CTRL_BREAK; the file still
+        stops the training gracefully there. Non-blocking by default: the deadline is
+        enforced by :meth:`poll`/:meth:`wait`.
         """
         if not self.isRunning():
             return
         self.cancelRequested = True
+        if self.cancelFile is not None:
+            try:
+                self.cancelFile.parent.mkdir(parents=True, exist_ok=True)
+                self.cancelFile.write_text(f"cancel requested by process {os.getpid()}\n")
+            except OSError as exc:
+                log.warning("could not write the cancel request %s: %s", self.cancelFile, exc)
         try:
-            if os.name == "nt":
-                self.process.send_signal(signal.CTRL_BREAK_EVENT)  # the worker's SIGBREAK
-            else:
-                for pid in self._gracefulTargets():
-                    try:
-                        os.kill(pid, signal.SIGTERM)
-                    except ProcessLookupError:
-                        pass
+            self._signalStop()
         except OSError as exc:
-            log.warning("could not signal the worker (%s): killing it", exc)
-            self.kill()
-            return
+            if self.cancelFile is None:
+                log.warning("could not signal the worker (%s): killing it", exc)
+                self.kill()
+                return
+            log.info("could not signal the worker (%s); it stops on the cancel request file", exc)
         self._cancelDeadline = time.monotonic() + gracePeriod
         if wait:
             self.wait(timeout=gracePeriod + 5.0)
+
+    def _signalStop(self) -> None:
+        if os.name == "nt":  # pragma: no cover - Windows
+            self.process.send_signal(signal.CTRL_BREAK_EVENT)  # the worker's SIGBREAK (engine/trainer.py)
+            return
+        for pid in self._gracefulTargets():
+            try:
+                os.kill(pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
 
     def kill(self) -> None:
         """Kill the worker and every process it started, now (children first)."""
@@ -462,4 +424,4 @@ class WorkerProcess:
             return ExitStatus.NOT_STARTED, ""
         if not self.finished:
             return ExitStatus.RUNNING, ""
-        return explainExit(self.returncode, errorMessage, list(self.stderrTail), self.cancelRequested, self.killed, what)
+        return explain_exit(self.returncode, errorMessage, list(self.stderrTail), self.cancelRequested, self.killed, what)

@@ -5,16 +5,22 @@ non-GUI parts work with the ``slicer-core`` wheel (tests, scripts). ``Widget`` i
 imported on first use.
 """
 
+from .Paths import ensureCoreLibraryOnPath
+
+ensureCoreLibraryOnPath()  # the core library (semisup) ships beside this package
+
+
 from .InstallLogic import InstallError, InstallLogic
 from .Logic import SemiSupUncertaintyLogic
 from .Parameters import GuiState, ParameterNode, PredictionSettings, TrainingSettings
 from .PredictionJob import PredictionJob, PredictionResult
-from .ProgressParser import ProgressTracker, parseLine
 from .RunFolder import RunInfo, listRuns
 from .SceneExporter import InputError, SceneExporter
 from .SceneImporter import SceneImporter
 from .TrainingJob import TrainingJob, TrainingResult
 from .WorkerProcess import ExitStatus, WorkerError, WorkerProcess
+
+from semisup.protocol import ProgressTracker, parse_line  # noqa: E402  (after the path is set)
 
 __all__ = [
     "SemiSupUncertaintyLogic",
@@ -33,7 +39,7 @@ __all__ = [
     "PredictionJob",
     "PredictionResult",
     "ProgressTracker",
-    "parseLine",
+    "parse_line",
     "RunInfo",
     "listRuns",
     "InstallLogic",

@@ -17,6 +17,7 @@ PACKAGE = Path(__file__).resolve().parents[2] / "SemiSupUncertainty" / "semisup"
 LAYERS: dict[str, int] = {
     "_version": 0,
     "config": 0,
+    "protocol": 0,
     "data": 1,
     "networks": 1,
     "measure": 2,

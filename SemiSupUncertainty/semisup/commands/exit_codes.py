@@ -1,6 +1,5 @@
-"""Exit codes of every command (docs/worker-protocol.md)."""
+"""Exit codes of every command (docs/worker-protocol.md); defined with the rest of the protocol."""
 
-EXIT_OK = 0
-EXIT_ERROR = 1
-EXIT_BAD_INPUT = 2
-EXIT_CANCELLED = 3
+from ..protocol.exits import EXIT_BAD_INPUT, EXIT_CANCELLED, EXIT_ERROR, EXIT_OK
+
+__all__ = ["EXIT_OK", "EXIT_ERROR", "EXIT_BAD_INPUT", "EXIT_CANCELLED"]

@@ -1,13 +1,24 @@
-"""Progress events and the sinks that consume them (see docs/worker-protocol.md)."""
+"""Progress events and the sinks that consume them (see docs/worker-protocol.md).
+
+What an event may hold is defined once, in ``semisup.protocol.events``; the emitter
+checks every record against it when ``SEMISUP_VALIDATE_EVENTS=1`` (the test suite
+sets it), so an event or field that is not in the schema fails the tests.
+"""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
 from typing import IO, Any, Protocol
+
+from ..protocol.events import validate
+
+#: Environment switch that makes the emitter check each event against the schema.
+VALIDATE_ENV = "SEMISUP_VALIDATE_EVENTS"
 
 __all__ = ["ProgressSink", "JsonLinesSink", "FileSink", "BarSink", "Emitter"]
 
@@ -85,13 +96,22 @@ class BarSink:
 
 
 class Emitter:
-    """Stamps events with the time and fans them out to every sink."""
+    """Stamps events with the time and fans them out to every sink.
 
-    def __init__(self, sinks: list[ProgressSink] | None = None) -> None:
+    With ``validate`` (default: the ``SEMISUP_VALIDATE_EVENTS`` environment switch),
+    an event that does not match ``semisup.protocol.events`` raises ``ValueError``.
+    """
+
+    def __init__(self, sinks: list[ProgressSink] | None = None, validate: bool | None = None) -> None:
         self.sinks = list(sinks or [])
+        self.validate = os.environ.get(VALIDATE_ENV) == "1" if validate is None else validate
 
     def __call__(self, event: str, **fields: Any) -> None:
         record = {"event": event, "time": round(time.time(), 3), **fields}
+        if self.validate:
+            problems = validate(_clean(record))
+            if problems:
+                raise ValueError("progress event does not match the schema: " + "; ".join(problems))
         for sink in self.sinks:
             sink.emit(record)
 

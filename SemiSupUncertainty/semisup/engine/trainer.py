@@ -37,6 +37,7 @@ from .device import autocast_dtype, describe_device, resolve_device
 from .distributed import init_distributed
 from .memory import check_training_memory, oom_error, peak_memory_gib
 from .events import Emitter
+from ..protocol.exits import CANCEL_FILE
 from .runfolder import RunLock, acquire_run_lock, check_can_train
 
 __all__ = ["Trainer", "TrainResult", "TrainingCancelled", "TrainingDiverged"]
@@ -110,6 +111,8 @@ class Trainer:
         self.emit = emit or Emitter()
         self.resume = resume
         self.ckpt_dir = self.run_dir / "checkpoints"
+        # The stop request that needs no signal (a GUI process on Windows cannot send one).
+        self.cancel_file = self.run_dir / CANCEL_FILE
         self._stop = threading.Event()
         self._prepared = False
         self._resume_from: dict[str, Any] | None = None
@@ -147,6 +150,8 @@ class Trainer:
             check_can_train(self.run_dir, self.resume)  # again: the folder may have changed before the lock
             if self.ckpt_dir.is_dir():
                 remove_stale_temporaries(self.ckpt_dir)  # safe: the lock is ours
+            if lock.path is not None:  # a request left by an attempt killed before it stopped; safe: the lock is ours
+                self.cancel_file.unlink(missing_ok=True)
             self.prepare()
             return self._fit()
         finally:
@@ -275,6 +280,8 @@ class Trainer:
                 ddp.sync_buffers(method)  # identical BatchNorm statistics, hence identical EMA teachers
                 method.after_optimizer_step(it)
                 it += 1
+                if not self._stop.is_set() and self.cancel_file.exists():
+                    self._stop.set()
                 stop = ddp.any_flag(self._stop.is_set())  # all ranks stop after the same iteration
 
                 if it % cfg.train.log_every == 0 or it == total or stop:
@@ -307,6 +314,7 @@ class Trainer:
                         self.emit("checkpoint", iteration=it, kind="best", path=str(best_path))
                     self.emit("validation", iteration=it, dice=dice, dice_per_class=per_class, best_dice=best_dice, is_best=is_best)
                 if stop:
+                    self.cancel_file.unlink(missing_ok=True)
                     save_last(it)
                     self.emit("cancelled", iteration=it, checkpoint=str(last_path))
                     raise TrainingCancelled(f"cancelled at iteration {it}")
