@@ -199,6 +199,16 @@ def test_exit_codes_read_in_plain_words():
     assert status == ExitStatus.FAILED and "Install dependencies" in text
 
 
+def test_messages_for_people():
+    status, message = explain_exit(1, "", ["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: labelsTr/a.nrrd: label 7 but 2 classes"])
+    assert status == ExitStatus.FAILED and message == "ValueError: labelsTr/a.nrrd: label 7 but 2 classes"
+    _, message = explain_exit(2, "data.patch_size must be positive", [])
+    assert message == "data.patch_size must be positive"
+    status, message = explain_exit(7, "", [])
+    assert status == ExitStatus.FAILED and "exit code 7" in message
+    assert explain_exit(-15, "", [], cancel_requested=True)[0] == ExitStatus.CANCELLED
+
+
 def test_the_slicer_launcher_crash_is_recognised_as_out_of_memory():
     # CTK AppLauncher (Base/ctkAppLauncher.cpp, applicationFinished) on a crashed child: this line, exit 1.
     tail = ["INFO semisup: iteration 40", "error: [/opt/Slicer-5.10.0/bin/../bin/python-real] exit abnormally - Report the problem."]

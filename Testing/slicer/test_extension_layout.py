@@ -38,7 +38,7 @@ def test_library_imports_without_qt_slicer_gui_or_torch():
     code = (
         "import sys; sys.path.insert(0, %r)\n"
         "import SemiSupUncertaintyLib as L\n"
-        "from SemiSupUncertaintyLib import Logic, SceneExporter, SceneImporter, WorkerProcess, ProgressParser, Parameters, InstallLogic, DeviceInfo, Protocols\n"
+        "from SemiSupUncertaintyLib import Logic, SceneExporter, SceneImporter, WorkerProcess, Parameters, InstallLogic, DeviceInfo, Protocols\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('qt', 'ctk', 'PySide6', 'torch', 'monai', 'slicer'))\n"
         "print(bad)\n"
     ) % str(MODULE)

@@ -29,7 +29,7 @@ def pollUntil(job, condition, timeout: float = 30.0) -> None:
         if condition(job):
             return
         time.sleep(0.02)
-    raise AssertionError(f"condition not reached in {timeout} s; status {job.status}, {job.tracker.statusText()}")
+    raise AssertionError(f"condition not reached in {timeout} s; status {job.status}, {job.tracker.status_text()}")
 
 
 def assertNoProcessLeft(pids, timeout: float = 5.0) -> None:
@@ -56,7 +56,7 @@ def test_blocking_training_exports_trains_and_charts(standinLogic, threeCases):
     assert config["data"]["patch_size"] == [16, 16, 16]  # automatic: fits the 24 x 20 x 16 volumes
     dataset = json.loads((run / "dataset.json").read_text())
     assert len(dataset["training"]) == 1 and len(dataset["validation"]) == 1 and len(dataset["unlabeled"]) == 1
-    kinds = [e.kind for e in events]
+    kinds = [e.name for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and kinds.count("iteration") == 12 and "validation" in kinds
     assert "[stderr] stand-in worker starting" in (run / "slicer-worker.log").read_text()
     # The run folder's record of the run tells the same story.
@@ -76,7 +76,7 @@ def test_non_blocking_training_polled_like_the_gui_with_live_chart(standinLogic,
     assert lossRows == 20 and diceRows == 4
     chart = job.chart.chartNode
     assert chart.GetNumberOfPlotSeriesNodes() == 4  # Dice, loss, supervised, consistency
-    assert job.tracker.fraction() == 1.0 and job.tracker.statusText().startswith("Finished")
+    assert job.tracker.fraction() == 1.0 and job.tracker.status_text().startswith("Finished")
 
 
 def test_worker_failure_reaches_the_user_in_plain_words(scene, tmp_path, threeCases):
@@ -88,7 +88,7 @@ def test_worker_failure_reaches_the_user_in_plain_words(scene, tmp_path, threeCa
     assert str(info.value) == "stand-in failure at iteration 3: CUDA out of memory"
     job = logic.train(pairs, unlabeled, iterations=10, wait=False)
     pollUntil(job, lambda j: j.finished)
-    assert job.status == ExitStatus.FAILED and "CUDA out of memory" in job.errorMessage and "Failed:" in job.tracker.statusText()
+    assert job.status == ExitStatus.FAILED and "CUDA out of memory" in job.errorMessage and "Failed:" in job.tracker.status_text()
 
 
 def test_bad_input_found_by_the_worker_is_exit_code_2(standinLogic, threeCases):
@@ -146,7 +146,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(scene, tmp_path, threeCas
     pairs, unlabeled = threeCases
     logic = makeLogic(scene, tmp_path, env={"SEMISUP_STANDIN_DELAY": "0.03"})
     job = logic.train(pairs, unlabeled, iterations=40, checkpointEvery=5, wait=False, chart=True)
-    pollUntil(job, lambda j: j.tracker.lastCheckpoint and j.tracker.iteration >= 12)
+    pollUntil(job, lambda j: j.tracker.last_checkpoint and j.tracker.iteration >= 12)
     job.kill()  # a crash: SIGKILL to the whole tree, no goodbye
     pollUntil(job, lambda j: j.finished)
     assert job.status == ExitStatus.KILLED
@@ -154,9 +154,9 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(scene, tmp_path, threeCas
     info = RunInfo.read(job.runDir)
     assert info.state == "running-or-interrupted" and info.canResume
     starts = []
-    result = logic.resume(job.runDir, chart=True, onEvent=lambda e: starts.append(e) if e.kind == "start" else None)
+    result = logic.resume(job.runDir, chart=True, onEvent=lambda e: starts.append(e) if e.name == "start" else None)
     assert result.status == ExitStatus.FINISHED and result.iteration == 40
-    assert starts[0].startIteration == saved
+    assert starts[0].start_iteration == saved
     log = [json.loads(line) for line in (job.runDir / "progress.jsonl").read_text().splitlines()]
     assert [e["start_iteration"] for e in log if e["event"] == "start"] == [0, saved]
 

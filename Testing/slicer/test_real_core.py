@@ -51,7 +51,7 @@ def pollUntil(job, condition, timeout: float = 180.0) -> None:
         if condition(job):
             return
         time.sleep(0.05)
-    raise AssertionError(f"not reached in {timeout} s: {job.status}, {job.tracker.statusText()}, stderr: {list(job.worker.stderrTail)[-5:]}")
+    raise AssertionError(f"not reached in {timeout} s: {job.status}, {job.tracker.status_text()}, stderr: {list(job.worker.stderrTail)[-5:]}")
 
 
 def assertNoProcessLeft(pids, timeout: float = 10.0) -> None:
@@ -82,10 +82,10 @@ def test_self_test_flow_with_the_real_worker(realLogic):
     realLogic.train = recordingTrain
     nodes = runSelfTest(realLogic, log=lambda message: None, iterations=4)
     trained = nodes["training"]
-    kinds = [e.kind for e in events]
+    kinds = [e.name for e in events]
     assert kinds[0] == "start" and kinds[-1] == "done" and "iteration" in kinds
     start = events[0]
-    assert start.iterations == 4 and start.startIteration == 0 and start.labeledCases == 2 and start.unlabeledCases == 1
+    assert start.iterations == 4 and start.start_iteration == 0 and start.labeled_cases == 2 and start.unlabeled_cases == 1
     assert Path(trained.lastCheckpoint).is_file()
     prediction = nodes["prediction"]
     assert prediction.scores[0].keys() >= {"mean_uncertainty_foreground", "mean_uncertainty_image", "foreground_voxels"}
@@ -101,7 +101,7 @@ def test_cancel_kill_and_resume_with_the_real_worker(realLogic, threeCases):
     pairs, unlabeled = threeCases
     # 1. Start a long run, kill the whole tree after a checkpoint: a crash.
     job = realLogic.train(pairs, unlabeled, iterations=5000, checkpointEvery=2, valEvery=1000, validationFraction=0.0, overrides=TINY_OVERRIDES, wait=False, **TINY)
-    pollUntil(job, lambda j: j.tracker.lastCheckpoint and j.tracker.iteration >= 2)
+    pollUntil(job, lambda j: j.tracker.last_checkpoint and j.tracker.iteration >= 2)
     pids = job.worker.descendantPids()
     job.kill()
     pollUntil(job, lambda j: j.finished, timeout=30)
@@ -112,9 +112,9 @@ def test_cancel_kill_and_resume_with_the_real_worker(realLogic, threeCases):
 
     # 2. Resume: it starts from the saved checkpoint; then cancel: exit 3 within seconds.
     starts = []
-    job = realLogic.resume(run, wait=False, onEvent=lambda e: starts.append(e) if e.kind == "start" else None)
-    pollUntil(job, lambda j: starts and j.tracker.iteration >= starts[0].startIteration + 1)
-    assert starts[0].startIteration >= 2
+    job = realLogic.resume(run, wait=False, onEvent=lambda e: starts.append(e) if e.name == "start" else None)
+    pollUntil(job, lambda j: starts and j.tracker.iteration >= starts[0].start_iteration + 1)
+    assert starts[0].start_iteration >= 2
     pids = job.worker.descendantPids()
     t0 = time.monotonic()
     job.cancel(gracePeriod=30)
@@ -129,4 +129,4 @@ def test_cancel_kill_and_resume_with_the_real_worker(realLogic, threeCases):
     result = realLogic.resume(run, overrides={"train.iterations": stopped + 2})
     assert result.status == ExitStatus.FINISHED and result.iteration == stopped + 2
     log = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.startswith("{")]
-    assert [e["start_iteration"] for e in log if e["event"] == "start"][1:] == [starts[0].startIteration, stopped]
+    assert [e["start_iteration"] for e in log if e["event"] == "start"][1:] == [starts[0].start_iteration, stopped]

@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from SemiSupUncertaintyLib.WorkerProcess import ExitStatus, WorkerProcess, explainExit
+from SemiSupUncertaintyLib.WorkerProcess import ExitStatus, WorkerProcess
 
 pytestmark = pytest.mark.skipif(os.name == "nt", reason="POSIX signals; Windows uses CTRL_BREAK (not exercised here)")
 
@@ -172,18 +172,6 @@ def test_a_worker_that_cannot_start_says_so(tmp_path):
 
     with pytest.raises(WorkerError, match="Could not start"):
         WorkerProcess([str(tmp_path / "no-such-python"), "-c", "pass"]).start()
-
-
-def test_messages_for_people():
-    status, message = explainExit(1, "", ["Traceback (most recent call last):", '  File "x.py", line 1', "ValueError: labelsTr/a.nrrd: label 7 but 2 classes"])
-    assert status == ExitStatus.FAILED and message == "ValueError: labelsTr/a.nrrd: label 7 but 2 classes"
-    _, message = explainExit(1, "", ["ModuleNotFoundError: No module named 'monai'"])
-    assert "Install dependencies" in message
-    _, message = explainExit(2, "data.patch_size must be positive", [])
-    assert message == "data.patch_size must be positive"
-    status, message = explainExit(7, "", [])
-    assert status == ExitStatus.FAILED and "exit code 7" in message
-    assert explainExit(-15, "", [], cancelRequested=True)[0] == ExitStatus.CANCELLED
 
 
 def test_semisup_command_line_and_environment(tmp_path):
