@@ -151,6 +151,24 @@ def test_sigterm_cancels_gracefully(dataset, tmp_path):
     assert load_checkpoint(last["checkpoint"])["iteration"] == last["iteration"]
 
 
+def test_cancel_request_file_stops_like_sigterm(dataset, tmp_path):
+    """The stop request that needs no signal (Windows front ends): checkpoint at the cancel iteration, exit 3."""
+    from semisup.protocol import CANCEL_FILE
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / CANCEL_FILE).write_text("stale, from an attempt killed before it stopped")
+    save_config(tiny_config(dataset, iterations=5000), run / "config.yaml")
+    proc = _cli("train", "--run-dir", str(run), "--progress", "json")
+    _wait_for_checkpoint(run, proc, 4)  # the stale request was dropped at start-up
+    (run / CANCEL_FILE).write_text("cancel")
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 3
+    last = _events(out)[-1]
+    assert last["event"] == "cancelled" and not (run / CANCEL_FILE).exists()
+    assert load_checkpoint(last["checkpoint"])["iteration"] == last["iteration"]
+
+
 def test_cli_predict_writes_outputs_on_input_geometry(dataset, tmp_path):
     run = tmp_path / "run"
     run.mkdir()

@@ -126,6 +126,27 @@ def test_cancel_stops_within_seconds_and_leaves_no_process(scene, tmp_path, thre
     assert RunInfo.read(job.runDir).state == "interrupted" and RunInfo.read(job.runDir).canResume
 
 
+def test_cancel_without_a_signal_stops_gracefully_through_the_cancel_file(scene, tmp_path, threeCases):
+    """Windows from Slicer's GUI: CTRL_BREAK cannot be delivered (no shared console); the run still stops with a checkpoint."""
+    from SemiSupUncertaintyLib.WorkerProcess import WorkerProcess
+
+    class NoSignals(WorkerProcess):
+        def _signalStop(self):
+            raise OSError("GenerateConsoleCtrlEvent: the handle is invalid")
+
+    pairs, unlabeled = threeCases
+    logic = makeLogic(scene, tmp_path, env={"SEMISUP_STANDIN_DELAY": "0.05"})
+    job = logic.train(pairs, unlabeled, iterations=10000, checkpointEvery=1000, wait=False)
+    job.worker.__class__ = NoSignals
+    pollUntil(job, lambda j: j.tracker.iteration >= 3)
+    job.cancel(gracePeriod=10)
+    assert (job.runDir / "cancel.request").is_file()
+    pollUntil(job, lambda j: j.finished, timeout=15)
+    assert job.status == ExitStatus.CANCELLED and job.worker.returncode == 3 and not job.worker.killed
+    last = json.loads((job.runDir / "checkpoints" / "last.pt").read_text())
+    assert last["iteration"] == job.tracker.iteration and not (job.runDir / "cancel.request").exists()
+
+
 def test_cancel_kills_the_process_tree_when_the_worker_does_not_answer(scene, tmp_path, threeCases):
     pairs, unlabeled = threeCases
     logic = makeLogic(scene, tmp_path, env={"SEMISUP_STANDIN_DELAY": "0.05", "SEMISUP_STANDIN_IGNORE_SIGTERM": "1", "SEMISUP_STANDIN_SPAWN_CHILD": "1"})

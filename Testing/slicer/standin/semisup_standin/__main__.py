@@ -19,6 +19,11 @@ stop = {"requested": False}
 
 def emit(event: str, **fields) -> None:
     record = {"event": event, "time": round(time.time(), 3), **fields}
+    if os.environ.get("SEMISUP_VALIDATE_EVENTS") == "1":  # the stand-in speaks the same schema as the real worker
+        from semisup.protocol import validate
+
+        problems = validate(record)
+        assert not problems, problems
     line = json.dumps(record)
     sys.stdout.write(line + "\n")
     sys.stdout.flush()
@@ -130,7 +135,10 @@ def cmd_train(args) -> int:
         if it % ckpt_every == 0 or it == iterations:
             write_atomic(last, {"iteration": it, "best_dice": best_dice, "classes": classes})
             emit("checkpoint", iteration=it, kind="last", path=str(last))
-        if stop["requested"]:
+        cancel_file = run_dir / "cancel.request"  # semisup.protocol.CANCEL_FILE
+        deaf = os.environ.get("SEMISUP_STANDIN_IGNORE_SIGTERM") == "1"  # a worker that answers no request
+        if stop["requested"] or (cancel_file.exists() and not deaf):
+            cancel_file.unlink(missing_ok=True)
             write_atomic(last, {"iteration": it, "best_dice": best_dice, "classes": classes})
             emit("cancelled", iteration=it, checkpoint=str(last))
             if child:
