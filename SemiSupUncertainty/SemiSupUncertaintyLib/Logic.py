@@ -28,7 +28,7 @@ from .Parameters import TrainingSettings
 from .Paths import coreLibraryParent, ensureCoreLibraryOnPath
 from .PredictionJob import PredictionJob, PredictionResult
 from .ProgressChart import ProgressChart
-from .RunFolder import RunInfo, activeWorkerPids, classNamesOfRun, listRuns
+from .RunFolder import RunInfo, activeWorkerPids, classNamesOfRun, classStylesOfRun, listRuns
 from .SceneExporter import InputError, SceneExporter
 from .SceneImporter import SceneImporter
 from .TrainingJob import TrainingJob, TrainingResult
@@ -326,6 +326,7 @@ class SemiSupUncertaintyLogic:
             records,
             volumes,
             classNames,
+            classStylesOfRun(runDir),
             base / "outputs",
             self.importer,
             show=show,

@@ -8,7 +8,9 @@ works both inside Slicer and with the ``slicer-core`` wheel in tests and scripts
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 
@@ -20,6 +22,7 @@ __all__ = [
     "readSegmentation",
     "ijkToRas",
     "sameGeometry",
+    "temporaryNodes",
 ]
 
 
@@ -41,6 +44,26 @@ def ensureSegmentationConverters() -> None:
         slicer.vtkFractionalLabelmapToClosedSurfaceConversionRule,
     ):
         factory.RegisterConverterRule(rule())
+
+
+@contextlib.contextmanager
+def temporaryNodes(scene) -> Iterator[None]:
+    """Remove every node added to ``scene`` inside the block (singletons excepted) when it ends.
+
+    ``vtkSlicerSegmentationsModuleLogic::ExportSegmentsToLabelmapNode``
+    (Modules/Loadable/Segmentations/Logic/vtkSlicerSegmentationsModuleLogic.cxx) creates
+    a display node for the labelmap and a colour table node for the segments; removing
+    the labelmap leaves both in the scene, one pair per export. The subject hierarchy
+    node is a singleton the scene keeps.
+    """
+    before = {scene.GetNthNode(i).GetID() for i in range(scene.GetNumberOfNodes())}
+    try:
+        yield
+    finally:
+        added = [scene.GetNthNode(i) for i in range(scene.GetNumberOfNodes())]
+        for node in reversed(added):  # dependents (display, storage) were added after their owner
+            if node.GetID() not in before and not node.GetSingletonTag():
+                scene.RemoveNode(node)
 
 
 def _temporaryStorage(scene, storageClass: str, path: Path):
@@ -68,13 +91,17 @@ def writeVolume(volumeNode, path: str | Path, compress: bool = True) -> Path:
 
 
 def readVolume(scene, path: str | Path, name: str | None = None, labelmap: bool = False):
-    """Load a volume file as a new scalar (or labelmap) volume node with display nodes."""
+    """Load one volume file as a new scalar (or labelmap) volume node with display nodes."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"volume file not found: {path}")
     nodeClass = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
     node = scene.AddNewNodeByClass(nodeClass, name or _stem(path))
     storage = _temporaryStorage(scene, "vtkMRMLVolumeArchetypeStorageNode", path)
+    # Exactly this file: without it a numbered name (ct_001.nrrd) loads the whole series
+    # beside it, as slicer.util.loadVolume's "singleFile" property does
+    # (vtkMRMLVolumeArchetypeStorageNode::SetSingleFile).
+    storage.SetSingleFile(1)
     if labelmap:
         storage.SetCenterImage(0)
     ok = storage.ReadData(node)

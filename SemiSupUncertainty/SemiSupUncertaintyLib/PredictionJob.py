@@ -36,12 +36,13 @@ class PredictionResult:
 class PredictionJob(WorkerJob):
     what = "The prediction process"
 
-    def __init__(self, worker, runDir: str | Path, records: Sequence[CaseRecord], volumes: Sequence, classNames: Sequence[str], outputDir: str | Path, importer: SceneImporter, show: bool = True, tableName: str = "Uncertainty ranking", removeAfterSuccess: Path | None = None, **kwargs) -> None:
+    def __init__(self, worker, runDir: str | Path, records: Sequence[CaseRecord], volumes: Sequence, classNames: Sequence[str], classStyles: dict[str, dict], outputDir: str | Path, importer: SceneImporter, show: bool = True, tableName: str = "Uncertainty ranking", removeAfterSuccess: Path | None = None, **kwargs) -> None:
         super().__init__(worker, **kwargs)
         self.runDir = Path(runDir)
         self.records = list(records)
         self.volumes = list(volumes)
         self.classNames = list(classNames)
+        self.classStyles = dict(classStyles or {})
         self.outputDir = Path(outputDir)
         self.importer = importer
         self.show = show
@@ -73,7 +74,7 @@ class PredictionJob(WorkerJob):
         volume = self.volumes[index]
         if "label" not in event.outputs:
             raise OSError(f"the worker reported no label map for {event.case}")
-        seg = self.importer.segmentationFromLabelmapFile(self._path(event.outputs["label"]), self.classNames, volume, f"{volume.GetName()} segmentation")
+        seg = self.importer.segmentationFromLabelmapFile(self._path(event.outputs["label"]), self.classNames, volume, f"{volume.GetName()} segmentation", self.classStyles)
         unc = None
         if event.outputs.get("uncertainty"):
             unc = self.importer.uncertaintyVolumeFromFile(self._path(event.outputs["uncertainty"]), f"{volume.GetName()} uncertainty")

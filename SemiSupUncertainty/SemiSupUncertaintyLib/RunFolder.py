@@ -13,7 +13,7 @@ from pathlib import Path
 
 from semisup.protocol import ProgressTracker
 
-__all__ = ["RunInfo", "listRuns", "classNamesOfRun", "activeWorkerPids"]
+__all__ = ["RunInfo", "listRuns", "classNamesOfRun", "classStylesOfRun", "activeWorkerPids"]
 
 
 @dataclass
@@ -84,6 +84,16 @@ def classNamesOfRun(runDir: str | Path) -> list[str]:
         return []
     pairs = sorted((int(k), str(v)) for k, v in labels.items() if str(k).isdigit() and int(k) > 0)
     return [name for _, name in pairs]
+
+
+def classStylesOfRun(runDir: str | Path) -> dict[str, dict]:
+    """Colour and terminology per class as the module exported them (``slicer-cases.json``); empty if unknown."""
+    path = Path(runDir) / "slicer-cases.json"
+    try:
+        styles = json.loads(path.read_text()).get("classStyles", {}) if path.is_file() else {}
+    except ValueError:
+        return {}
+    return styles if isinstance(styles, dict) else {}
 
 
 def listRuns(runsDirectory: str | Path) -> list[RunInfo]:

@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from .MRMLIO import ensureSegmentationConverters, sameGeometry, writeVolume
+from .MRMLIO import ensureSegmentationConverters, sameGeometry, temporaryNodes, writeVolume
 
 __all__ = ["InputError", "CaseRecord", "ExportedDataset", "SceneExporter", "ROLE_ATTRIBUTE"]
 
@@ -60,6 +60,9 @@ class ExportedDataset:
     classNames: list[str]
     cases: list[CaseRecord]
     warnings: list[str] = field(default_factory=list)
+    #: class name -> {"color": [r, g, b], "terminology": "..."} of the labeled segments, so
+    #: that predicted segments look and are coded like the ones the user drew.
+    classStyles: dict[str, dict] = field(default_factory=dict)
 
     def names(self, role: str) -> list[str]:
         return [c.name for c in self.cases if c.role == role]
@@ -85,13 +88,30 @@ def _segmentNames(segmentationNode) -> list[tuple[str, str]]:
     return out
 
 
+#: Subclasses of vtkMRMLScalarVolumeNode that are not grey-level volumes: vector/RGB
+#: (vtkMRMLVectorVolumeNode, vtkMRMLStreamingVolumeNode) and tensor/DTI volumes all
+#: derive from vtkMRMLTensorVolumeNode; DWI and labelmaps from the scalar node directly.
+NOT_SCALAR_CLASSES = ("vtkMRMLLabelMapVolumeNode", "vtkMRMLTensorVolumeNode", "vtkMRMLDiffusionWeightedVolumeNode")
+
+
+def classStyles(labeledPairs: Sequence[tuple], classNames: Sequence[str]) -> dict[str, dict]:
+    """Colour and terminology of each class, from the first labeled segment of that name."""
+    styles: dict[str, dict] = {}
+    for _, seg in labeledPairs:
+        segmentation = seg.GetSegmentation()
+        for segmentId, name in _segmentNames(seg):
+            if name in classNames and name not in styles:
+                segment = segmentation.GetSegment(segmentId)
+                styles[name] = {
+                    "color": [round(float(c), 6) for c in segment.GetColor()],
+                    # vtkSegment::GetTerminology: the serialized terminology entry (Segmentations/Logic/vtkSlicerTerminologyEntry)
+                    "terminology": segment.GetTerminology() if segment.HasTerminology() else "",
+                }
+    return styles
+
+
 def _isScalarVolume(node) -> bool:
-    return (
-        node is not None
-        and node.IsA("vtkMRMLScalarVolumeNode")
-        and not node.IsA("vtkMRMLLabelMapVolumeNode")
-        and not node.IsA("vtkMRMLDiffusionWeightedVolumeNode")
-    )
+    return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not any(node.IsA(c) for c in NOT_SCALAR_CLASSES)
 
 
 class SceneExporter:
@@ -280,7 +300,7 @@ class SceneExporter:
         warnings = [f"class '{c}' has no voxels in any labeled case" for c, n in zip(classes, counts[1:]) if n == 0]
         if not unlabeledVolumes:
             warnings.append("no unlabeled volumes: a semi-supervised method has nothing to learn from beyond the labels")
-        dataset = ExportedDataset(runDir, runDir / "dataset.json", classes, cases, warnings)
+        dataset = ExportedDataset(runDir, runDir / "dataset.json", classes, cases, warnings, classStyles(labeledPairs, classes))
         self.writeDatasetJson(dataset, datasetName)
         return dataset
 
@@ -315,8 +335,8 @@ class SceneExporter:
         for c in classNames:
             ids.InsertNextValue(byName[c])
         segmentationNode.CreateBinaryLabelmapRepresentation()
-        labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__semisup_export__")
-        try:
+        with temporaryNodes(self.scene):  # the labelmap and what the export adds for it
+            labelmap = self.scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", "__semisup_export__")
             ok = slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
                 segmentationNode, ids, labelmap, referenceVolume, slicer.vtkSegmentation.EXTENT_REFERENCE_GEOMETRY
             )
@@ -329,8 +349,6 @@ class SceneExporter:
                 raise InputError(f"segmentation '{segmentationNode.GetName()}' could not be resampled onto volume '{referenceVolume.GetName()}'")
             histogram = np.bincount(array.ravel().astype(np.int64), minlength=len(classNames) + 1)[: len(classNames) + 1]
             return writeVolume(labelmap, path), histogram
-        finally:
-            self.scene.RemoveNode(labelmap)
 
     @staticmethod
     def validationSplit(names: Sequence[str], fraction: float = 0.0, count: int | None = None) -> list[str]:
@@ -379,6 +397,7 @@ class SceneExporter:
         manifest = {
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "classes": dataset.classNames,
+            "classStyles": dataset.classStyles,
             "warnings": dataset.warnings,
             "cases": [asdict(c) for c in dataset.cases],
         }

@@ -15,7 +15,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .MRMLIO import ensureSegmentationConverters, readVolume
+from .MRMLIO import ensureSegmentationConverters, readVolume, temporaryNodes
 from .SceneExporter import ROLE_ATTRIBUTE
 
 __all__ = ["SceneImporter", "ScoreRow", "CLASS_COLORS", "PRIMARY_SCORES"]
@@ -72,21 +72,28 @@ class SceneImporter:
         self.scene = scene
 
     # -- segmentation ----------------------------------------------------------
-    def segmentationFromLabelmapFile(self, labelPath: str | Path, classNames: Sequence[str], referenceVolume, name: str):
-        """A segmentation node with one named, coloured segment per class from a label map file."""
+    def segmentationFromLabelmapFile(self, labelPath: str | Path, classNames: Sequence[str], referenceVolume, name: str, classStyles: dict[str, dict] | None = None):
+        """A segmentation node with one named, coloured segment per class from a label map file.
+
+        ``classStyles`` (class name -> ``{"color", "terminology"}``, from the training
+        segments) gives each segment the colour and terminology the user drew it with;
+        classes without a style get a distinct colour of :data:`CLASS_COLORS`.
+        """
         import slicer
 
         ensureSegmentationConverters()
-        labelmap = readVolume(self.scene, labelPath, name="__semisup_import__", labelmap=True)
+        seg = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(name))
+        seg.CreateDefaultDisplayNodes()
+        if referenceVolume is not None:
+            seg.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
         try:
-            seg = self.scene.AddNewNodeByClass("vtkMRMLSegmentationNode", self.scene.GenerateUniqueName(name))
-            seg.CreateDefaultDisplayNodes()
-            if referenceVolume is not None:
-                seg.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolume)
-            if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg):
-                raise OSError(f"could not import the label map {labelPath} into a segmentation")
-        finally:
-            self._removeWithDisplay(labelmap)
+            with temporaryNodes(self.scene):  # the label map and its display and storage nodes
+                labelmap = readVolume(self.scene, labelPath, name="__semisup_import__", labelmap=True)
+                if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelmap, seg):
+                    raise OSError(f"could not import the label map {labelPath} into a segmentation")
+        except Exception:
+            self.scene.RemoveNode(seg)
+            raise
         segmentation = seg.GetSegmentation()
         byLabel = {}
         for i in range(segmentation.GetNumberOfSegments()):
@@ -105,6 +112,12 @@ class SceneImporter:
                 segmentId = segmentation.AddEmptySegment("", className, list(CLASS_COLORS[(index - 1) % len(CLASS_COLORS)]))
                 byLabel[index] = segmentId
             segmentation.SetSegmentIndex(byLabel[index], index - 1)
+            style = (classStyles or {}).get(className) or {}
+            segment = segmentation.GetSegment(byLabel[index])
+            if len(style.get("color") or []) == 3:
+                segment.SetColor(*[float(c) for c in style["color"]])
+            if style.get("terminology"):
+                segment.SetTerminology(str(style["terminology"]))
         return seg
 
     # -- uncertainty -----------------------------------------------------------
@@ -197,13 +210,3 @@ class SceneImporter:
         if segmentation is not None and segmentation.GetDisplayNode() is not None:
             segmentation.GetDisplayNode().SetVisibility(True)
             segmentation.GetDisplayNode().SetOpacity2DFill(0.2)
-
-    def _removeWithDisplay(self, node) -> None:
-        for i in range(node.GetNumberOfDisplayNodes()):
-            display = node.GetNthDisplayNode(i)
-            if display is not None:
-                self.scene.RemoveNode(display)
-        storage = node.GetStorageNode()
-        if storage is not None:
-            self.scene.RemoveNode(storage)
-        self.scene.RemoveNode(node)
