@@ -1,74 +1,64 @@
-"""Segment image files with a trained run and write segmentations, uncertainty maps and a ranking.
+"""Segment image files with a trained run: segmentations, uncertainty maps and a ranking.
 
-    Slicer --no-main-window --python-script scripts/slicer_predict.py -- \
+    Slicer --no-main-window --python-script <scripts>/slicer_predict.py -- \
         --run-dir runs/liver --input ct5.nrrd ct6.nrrd --output-dir results
 
-Writes ``results/<name>.seg.nrrd`` (one segment per class, on the input's grid),
-``results/<name>_uncertainty.nrrd`` and ``results/uncertainty_ranking.csv`` (most
-uncertain first: label those next). Exit codes: 0 finished, 1 failed, 2 bad input,
-3 cancelled. Also runs with plain Python when the ``slicer-core`` wheel is installed.
-See docs/slicer.md.
+``<scripts>`` is ``scripts/`` of a checkout, or ``<extension>/lib/Slicer-X.Y/qt-scripted-modules/scripts``
+of an installed extension (docs/slicer.md). Writes ``<output>/<name>.seg.nrrd`` (one
+segment per class, on the input's grid), ``<name>_uncertainty.nrrd`` and
+``uncertainty_ranking.csv`` (most uncertain first: label those next). The script
+always ends with an exit code: 0 finished, 2 bad input, 3 cancelled, 1 anything
+else; the message is on stderr. Also runs with plain Python when the ``slicer-core`` wheel is installed.
 """
 
-from __future__ import annotations
-
-import argparse
 import sys
+import traceback
 from pathlib import Path
 
-MODULE_DIR = Path(__file__).resolve().parents[1] / "SemiSupUncertainty"
+EXIT_ERROR, EXIT_BAD_INPUT, EXIT_CANCELLED = 1, 2, 3  # semisup.protocol.exits (not importable yet)
 
 
-def _importLibrary() -> None:
-    if (MODULE_DIR / "SemiSupUncertaintyLib").is_dir():
-        sys.path.insert(0, str(MODULE_DIR))
-        return
-    import slicer  # installed extension, script copied elsewhere
+def moduleDir() -> Path:
+    """The folder holding ``SemiSupUncertaintyLib``: found from this file, else from the loaded module."""
+    here = Path(__file__).resolve().parent
+    for candidate in (here.parent, here.parent / "SemiSupUncertainty"):  # installed extension, checkout
+        if (candidate / "SemiSupUncertaintyLib").is_dir():
+            return candidate
+    import slicer  # the script was copied elsewhere: ask the running Slicer where the module is
 
-    sys.path.insert(0, str(Path(slicer.modules.semisupuncertainty.path).parent))
-
-
-def parseArguments(argv):
-    from SemiSupUncertaintyLib import Headless
-
-    parser = argparse.ArgumentParser(prog="slicer_predict.py", description="Predict with a trained SemiSupUncertainty run.")
-    parser.add_argument("--run-dir", required=True, help="a trained run folder")
-    parser.add_argument("--input", nargs="+", required=True, metavar="IMAGE")
-    parser.add_argument("--output-dir", required=True)
-    parser.add_argument("--mc-samples", type=int, help="MC-dropout samples (default: the run's)")
-    parser.add_argument("--device", default="auto")
-    Headless.addWorkerOptions(parser)
-    return parser.parse_args(Headless.scriptArguments(argv))
+    return Path(slicer.modules.semisupuncertainty.path).parent
 
 
 def main(argv=None) -> int:
-    _importLibrary()
-    from SemiSupUncertaintyLib import ExitStatus, Headless, InputError
+    sys.path.insert(0, str(moduleDir()))
+    from SemiSupUncertaintyLib import Headless
 
-    options = parseArguments(argv)
-    mrmlScene = Headless.scene()
-    logic = Headless.logicFromOptions(options, mrmlScene)
+    return Headless.predictMain(argv)
+
+
+def guarded(run) -> int:
+    """``run()``'s exit code; any exception becomes a code and a message on stderr, never a hang."""
     try:
-        volumes = [Headless.readVolume(mrmlScene, path) for path in options.input]
-        job = logic.predict(options.run_dir, volumes, mcSamples=options.mc_samples, device=options.device, outputDir=Path(options.output_dir) / "worker", wait=False, show=False, onEvent=Headless.progressPrinter(every=0))
-    except (InputError, FileNotFoundError, OSError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        job.wait()
+        return int(run() or 0)
     except KeyboardInterrupt:
-        job.cancel(gracePeriod=3)
-        job.wait()
-    if job.status != ExitStatus.FINISHED:
-        print(f"error: {job.errorMessage}", file=sys.stderr)
-        return Headless.EXIT_CODES.get(job.status, 1)
-    for path in Headless.writePrediction(job.result, options.output_dir):
-        print(f"wrote {path}")
-    return 0
+        print("error: cancelled", file=sys.stderr)
+        return EXIT_CANCELLED
+    except SystemExit as exc:  # argparse: 2 for bad arguments, 0 for --help
+        return exc.code if isinstance(exc.code, int) else (0 if exc.code is None else EXIT_BAD_INPUT)
+    except BaseException as exc:
+        traceback.print_exc()
+        print(f"error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_ERROR
+
+
+def finish(code: int) -> None:
+    """Exit with ``code``; inside Slicer through the application, or it would keep running."""
+    slicer = sys.modules.get("slicer")
+    if getattr(slicer, "app", None) is not None:
+        slicer.util.exit(code)
+    else:
+        sys.exit(code)
 
 
 if __name__ == "__main__":
-    code = main()
-    from SemiSupUncertaintyLib import Headless
-
-    Headless.finish(code)
+    finish(guarded(main))

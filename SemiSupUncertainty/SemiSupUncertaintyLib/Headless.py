@@ -1,8 +1,9 @@
-"""Shared by scripts/slicer_train.py and scripts/slicer_predict.py: files in, files out, exit codes.
+"""What scripts/slicer_train.py and scripts/slicer_predict.py do: files in, files out, exit codes.
 
 Works inside Slicer (``Slicer --no-main-window --python-script ...``) and with plain
 Python plus the ``slicer-core`` wheel: files are read and written with MRML storage
-nodes, never with ``slicer.util.loadVolume`` (which needs the application).
+nodes, never with ``slicer.util.loadVolume`` (which needs the application). The
+scripts themselves only find this package and turn every outcome into an exit code.
 """
 
 from __future__ import annotations
@@ -15,9 +16,9 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from .MRMLIO import readSegmentation, readVolume, writeSegmentation, writeVolume
-from semisup.protocol import STATUS_EXIT_CODES, Event, ProgressTracker
+from semisup.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, STATUS_EXIT_CODES, Event, ExitStatus, ProgressTracker
 
-__all__ = ["EXIT_CODES", "scene", "scriptArguments", "loadLabeledCase", "progressPrinter", "writeTableCsv", "writePrediction", "finish", "addWorkerOptions", "logicFromOptions"]
+__all__ = ["EXIT_CODES", "scene", "scriptArguments", "loadLabeledCase", "progressPrinter", "writeTableCsv", "writePrediction", "addWorkerOptions", "logicFromOptions", "trainMain", "predictMain"]
 
 #: Script exit codes: the worker's (docs/worker-protocol.md).
 EXIT_CODES = STATUS_EXIT_CODES
@@ -112,11 +113,101 @@ def writePrediction(result, outputDir: str | Path) -> list[Path]:
     return written
 
 
-def finish(code: int) -> None:
-    """Exit with ``code``: through Slicer's own exit when running in the application."""
-    import slicer
+def trainMain(argv: Sequence[str] | None = None) -> int:
+    """``slicer_train.py``: train (or ``--resume``) from image and segmentation files; returns the exit code."""
+    from .Parameters import TrainingSettings
+    from .SceneExporter import InputError
 
-    if getattr(slicer, "app", None) is not None:
-        slicer.util.exit(code)
+    parser = argparse.ArgumentParser(prog="slicer_train.py", description="Train a SemiSupUncertainty model from files.")
+    parser.add_argument("--labeled", nargs=2, action="append", default=[], metavar=("IMAGE", "SEGMENTATION"), help="a labeled case (repeat); SEGMENTATION: .seg.nrrd or a label map")
+    parser.add_argument("--unlabeled", nargs="+", default=[], metavar="IMAGE", help="unlabeled images")
+    parser.add_argument("--run-dir", required=True, help="run folder (created; with --resume: the run to continue)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
+    parser.add_argument("--classes", nargs="+", help="class names of label-map segmentations (label 1, 2, ...)")
+    parser.add_argument("--method", default="uamt")
+    parser.add_argument("--network", default="vnet")
+    parser.add_argument("--iterations", type=int, default=2000)
+    parser.add_argument("--patch-size", type=int, nargs="+", help="x y z (default: the largest multiple of 16 that fits)")
+    parser.add_argument("--modality", default="MR", choices=["MR", "CT", "mr", "ct"])
+    parser.add_argument("--validation-fraction", type=float, default=0.2)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config setting, e.g. train.lr=0.005")
+    addWorkerOptions(parser)
+    options = parser.parse_args(scriptArguments(argv))
+    mrmlScene = scene()
+    logic = logicFromOptions(options, mrmlScene)
+    try:
+        overrides = dict(_keyValue(item) for item in options.set)
+        if options.resume:
+            job = logic.resume(options.run_dir, overrides=overrides or None, wait=False, onEvent=progressPrinter())
+        else:
+            pairs = [loadLabeledCase(mrmlScene, image, labels, options.classes) for image, labels in options.labeled]
+            unlabeled = [readVolume(mrmlScene, path) for path in options.unlabeled]
+            settings = TrainingSettings(
+                method=options.method,
+                network=options.network,
+                iterations=options.iterations,
+                patchSize=options.patch_size,
+                spatialDims=2 if options.network == "unet2d" else 3,
+                modality=options.modality.upper(),
+                validationFraction=options.validation_fraction,
+                device=options.device,
+            )
+            job = logic.train(pairs, unlabeled, options.run_dir, settings=settings, classNames=options.classes, overrides=overrides, wait=False, onEvent=progressPrinter())
+    except (InputError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _waitCancellingOnInterrupt(job, "Cancelling: finishing the current iteration and saving a checkpoint...")
+    if job.status != ExitStatus.FINISHED:
+        print(f"error: {job.errorMessage}", file=sys.stderr)
     else:
-        sys.exit(code)
+        print(f"Trained: {job.result.bestCheckpoint or job.result.lastCheckpoint}")
+    return EXIT_CODES.get(job.status, EXIT_ERROR)
+
+
+def predictMain(argv: Sequence[str] | None = None) -> int:
+    """``slicer_predict.py``: segmentations, uncertainty maps and a ranking for image files; returns the exit code."""
+    from .SceneExporter import InputError
+
+    parser = argparse.ArgumentParser(prog="slicer_predict.py", description="Predict with a trained SemiSupUncertainty run.")
+    parser.add_argument("--run-dir", required=True, help="a trained run folder")
+    parser.add_argument("--input", nargs="+", required=True, metavar="IMAGE")
+    parser.add_argument("--output-dir", required=True)
+    parser.add_argument("--mc-samples", type=int, help="MC-dropout samples (default: the run's)")
+    parser.add_argument("--device", default="auto")
+    addWorkerOptions(parser)
+    options = parser.parse_args(scriptArguments(argv))
+    mrmlScene = scene()
+    logic = logicFromOptions(options, mrmlScene)
+    try:
+        volumes = [readVolume(mrmlScene, path) for path in options.input]
+        job = logic.predict(options.run_dir, volumes, mcSamples=options.mc_samples, device=options.device, outputDir=Path(options.output_dir) / "worker", wait=False, show=False, onEvent=progressPrinter(every=0))
+    except (InputError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _waitCancellingOnInterrupt(job, "Cancelling the prediction...", gracePeriod=3)
+    if job.status != ExitStatus.FINISHED:
+        print(f"error: {job.errorMessage}", file=sys.stderr)
+        return EXIT_CODES.get(job.status, EXIT_ERROR)
+    for path in writePrediction(job.result, options.output_dir):
+        print(f"wrote {path}")
+    return EXIT_OK
+
+
+def _keyValue(item: str) -> tuple[str, str]:
+    from .SceneExporter import InputError
+
+    if "=" not in item:
+        raise InputError(f"--set {item!r} is not KEY=VALUE (e.g. train.lr=0.005)")
+    key, value = item.split("=", 1)
+    return key.strip(), value.strip()
+
+
+def _waitCancellingOnInterrupt(job, message: str, gracePeriod: float = 10.0) -> None:
+    """Wait for the worker; Ctrl+C asks it to stop gracefully (a checkpoint for a training) and waits again."""
+    try:
+        job.wait()
+    except KeyboardInterrupt:
+        print(message, file=sys.stderr)
+        job.cancel(gracePeriod=gracePeriod)
+        job.wait()

@@ -74,3 +74,81 @@ def test_bad_input_exits_with_2_and_says_why(files, tmp_path):
     assert "has a segment 'Kidney' that is not one of the classes (Liver)" in trained.stderr
     missing = run("slicer_predict.py", "--run-dir", str(tmp_path / "nothing"), "--input", files["unlabeled"][0], "--output-dir", str(tmp_path / "o"))
     assert missing.returncode == 2 and "has no checkpoint" in missing.stderr
+
+
+# -- every outcome ends with an exit code, also inside Slicer (audit item 4) ------------------------
+# Inside Slicer an exception that escapes the script leaves the application running
+# forever. Slicer's application object is stood in for (it is Qt): its exit() records
+# the code the script asked for; the rest is real (script, MRML, worker process).
+SLICER_APP = """
+import runpy, sys, types
+import slicer
+calls = []
+slicer.app = types.SimpleNamespace(commandOptions=lambda: types.SimpleNamespace(runPythonAndExit=True), exit=calls.append, processEvents=lambda: None)
+sys.argv = [sys.argv[1], *sys.argv[2:]]
+runpy.run_path(sys.argv[0], run_name="__main__")
+print("EXIT", calls)
+"""
+
+
+def runInSlicer(script: str, *args: str, env=None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", SLICER_APP, str(SCRIPTS / script), "--", *args, *STANDIN], capture_output=True, text=True, timeout=120, env=env)
+
+
+def test_inside_slicer_every_outcome_asks_the_application_to_exit(files, tmp_path):
+    ok = runInSlicer("slicer_train.py", "--labeled", *files["labeled"][0], "--run-dir", str(tmp_path / "run"), "--iterations", "2")
+    assert ok.stdout.strip().endswith("EXIT [0]"), ok.stderr
+    bad = runInSlicer("slicer_predict.py", "--run-dir", str(tmp_path / "nothing"), "--input", files["unlabeled"][0], "--output-dir", str(tmp_path / "o"))
+    assert bad.stdout.strip().endswith("EXIT [2]") and "has no checkpoint" in bad.stderr
+    usage = runInSlicer("slicer_train.py", "--no-such-option")
+    assert usage.stdout.strip().endswith("EXIT [2]") and "error:" in usage.stderr
+    # an unexpected failure (the worker's interpreter cannot start): 1, the message last on stderr
+    broken = runInSlicer("slicer_train.py", "--labeled", *files["labeled"][0], "--run-dir", str(tmp_path / "run2"), "--iterations", "2", "--python", str(tmp_path / "no-python"))
+    assert broken.stdout.strip().endswith("EXIT [1]")
+    assert broken.stderr.strip().splitlines()[-1].startswith("error: WorkerError: Could not start the worker process")
+
+
+def test_ctrl_c_cancels_and_exits_with_3(files, tmp_path):
+    import os
+    import signal
+    import time
+
+    env = {**os.environ, "SEMISUP_STANDIN_DELAY": "0.05"}
+    proc = subprocess.Popen([sys.executable, str(SCRIPTS / "slicer_train.py"), "--", "--labeled", *files["labeled"][0], "--run-dir", str(tmp_path / "run"), "--iterations", "100000", *STANDIN],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    progress = tmp_path / "run" / "progress.jsonl"
+    deadline = time.monotonic() + 60
+    while not (progress.exists() and '"iteration"' in progress.read_text()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert "Cancelling" in err and (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
+
+
+# -- an installed extension: scripts beside the module, not in a checkout (audit item 16) ------------
+def test_scripts_work_from_an_installed_extension(files, tmp_path):
+    """The layout the module's CMakeLists.txt installs: qt-scripted-modules/{SemiSupUncertainty.py, SemiSupUncertaintyLib, semisup, scripts}."""
+    import os
+    import re
+    import shutil
+
+    repo = SCRIPTS.parent
+    cmake = (repo / "SemiSupUncertainty" / "CMakeLists.txt").read_text()
+    assert "scripts/slicer_train.py" in cmake and "scripts/slicer_predict.py" in cmake  # installed with the module
+    installed = tmp_path / "Extension" / "lib" / "Slicer-5.10" / "qt-scripted-modules"
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(repo / "SemiSupUncertainty" / "SemiSupUncertaintyLib", installed / "SemiSupUncertaintyLib", ignore=ignore)
+    shutil.copytree(repo / "SemiSupUncertainty" / "semisup", installed / "semisup", ignore=ignore)
+    for script in re.findall(r"^\s*scripts/(\S+\.py)$", cmake, flags=re.M):
+        (installed / "scripts").mkdir(exist_ok=True)
+        shutil.copy(SCRIPTS / script, installed / "scripts" / script)
+    marker = installed / "SemiSupUncertaintyLib" / "__init__.py"
+    marker.write_text(marker.read_text() + "\nimport sys as _s\nprint('library from the installed extension', file=_s.stderr)\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run([sys.executable, str(installed / "scripts" / "slicer_train.py"), "--", "--labeled", *files["labeled"][0], "--run-dir", str(tmp_path / "run"), "--iterations", "2", *STANDIN],
+                          capture_output=True, text=True, timeout=120, env=env, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    assert "library from the installed extension" in done.stderr
+    log = (tmp_path / "run" / "slicer-worker.log").read_text()
+    assert "semisup_standin" in log
