@@ -1,10 +1,7 @@
-"""SemiSupUncertainty: train uncertainty-aware semi-supervised segmentation models from the scene.
+"""SemiSupUncertainty module: descriptor, a panel embedding ``SemiSupUncertaintyLib.Widget``, the
+self-test and the supported-version check; the rest is in ``SemiSupUncertaintyLib`` and ``semisup``."""
 
-Thin on purpose: the module descriptor, a panel that embeds ``SemiSupUncertaintyLib.Widget``,
-and the self-test. Everything else is in ``SemiSupUncertaintyLib`` (one class per file)
-and in the core library ``semisup`` beside this file.
-"""
-
+import logging
 import sys
 from pathlib import Path
 
@@ -16,8 +13,15 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from SemiSupUncertaintyLib import SemiSupUncertaintyLogic as _Logic  # noqa: E402  (no qt, no torch)
-from SemiSupUncertaintyLib.Paths import resourcePath, selfTestDir  # noqa: E402
+from semisup._version import slicer_compatibility_problem  # noqa: E402  (plain Python, any version)
+
+# Checked before the library is imported: on an older Slicer the module loads, says why it cannot work, and stops.
+UNSUPPORTED = slicer_compatibility_problem((slicer.app.majorVersion, slicer.app.minorVersion), sys.version_info[:2])
+if UNSUPPORTED:
+    logging.error(UNSUPPORTED)
+    _Logic = object
+else:
+    from SemiSupUncertaintyLib import SemiSupUncertaintyLogic as _Logic  # noqa: E402  (no qt, no torch)
 
 
 class SemiSupUncertainty(ScriptedLoadableModule):
@@ -27,7 +31,7 @@ class SemiSupUncertainty(ScriptedLoadableModule):
         self.parent.categories = ["Segmentation"]
         self.parent.dependencies = []
         self.parent.contributors = ["SemiSupUncertainty contributors"]
-        self.parent.helpText = (
+        self.parent.helpText = (f"<b>{UNSUPPORTED}</b><br>" if UNSUPPORTED else "") + (
             "Train an uncertainty-aware semi-supervised segmentation model (UA-MT and others) from a few labeled "
             "and many unlabeled volumes of the scene, in a background process; load predictions, uncertainty maps "
             "and a ranking of the volumes to label next. Console and headless use: see docs/slicer.md."
@@ -36,17 +40,24 @@ class SemiSupUncertainty(ScriptedLoadableModule):
             "Methods from Yu et al. (UA-MT, MICCAI 2019) and follow-up work; built on PyTorch and MONAI. "
             "Structure after KitwareMedical/SlicerNNUnet and lassoan/SlicerMONAIAuto3DSeg."
         )
-        try:
+        icons = [Path(_HERE, *p, "Icons", "SemiSupUncertainty.png") for p in (["Resources"], ["..", "Resources"])]
+        for icon in (p for p in icons if p.exists()):  # installed, then checkout (SemiSupUncertaintyLib/Paths.py)
             import qt
 
-            self.parent.icon = qt.QIcon(str(resourcePath("Icons/SemiSupUncertainty.png")))
-        except FileNotFoundError:
-            pass
+            self.parent.icon = qt.QIcon(str(icon))
+            break
 
 
 class SemiSupUncertaintyWidget(ScriptedLoadableModuleWidget):
     def setup(self):
         ScriptedLoadableModuleWidget.setup(self)
+        if UNSUPPORTED:
+            import qt
+
+            label = qt.QLabel(UNSUPPORTED)
+            label.wordWrap = True
+            self.layout.addWidget(label)
+            return
         from SemiSupUncertaintyLib import InstallLogic, Widget
 
         self.logic = SemiSupUncertaintyLogic()
@@ -55,10 +66,17 @@ class SemiSupUncertaintyWidget(ScriptedLoadableModuleWidget):
         self.layout.addStretch()
 
     def enter(self):
-        self.widget.onEnter()
+        getattr(getattr(self, "widget", None), "onEnter", lambda: None)()
 
     def cleanup(self):
-        self.widget.cleanup()
+        getattr(getattr(self, "widget", None), "cleanup", lambda: None)()
+
+    def onReload(self):
+        """Developer mode's Reload: the library modules too, not only this file (as SlicerNNUnet's onReload)."""
+        from SemiSupUncertaintyLib.Paths import reloadLibraries
+
+        reloadLibraries()
+        ScriptedLoadableModuleWidget.onReload(self)
 
 
 class SemiSupUncertaintyLogic(_Logic, ScriptedLoadableModuleLogic):
@@ -70,20 +88,29 @@ class SemiSupUncertaintyLogic(_Logic, ScriptedLoadableModuleLogic):
 
 
 class SemiSupUncertaintyTest(ScriptedLoadableModuleTest):
-    """Whole flow on a small synthetic scene: pair, train a few iterations, predict, check the nodes."""
+    """Whole flow on a small synthetic scene; skipped with the reason where its packages are missing (as SlicerNNUnet's)."""
 
-    def setUp(self):
+    def skipReason(self) -> str:
+        from SemiSupUncertaintyLib import InstallLogic
+
+        return UNSUPPORTED or InstallLogic().selfTestSkipReason()
+
+    def runTest(self):  # Reload and Test: say why instead of raising SkipTest into a dialog
         slicer.mrmlScene.Clear()
-
-    def runTest(self):
-        self.setUp()
+        reason = self.skipReason()
+        if reason:
+            self.delayDisplay(f"SemiSupUncertainty self-test skipped: {reason}")
+            return
         self.test_SemiSupUncertaintyWholeFlow()
 
-    def test_SemiSupUncertaintyWholeFlow(self):
+    def test_SemiSupUncertaintyWholeFlow(self):  # what ctest runs (unittest: a skip is not a failure)
         import tempfile
 
-        if str(selfTestDir()) not in sys.path:
-            sys.path.insert(0, str(selfTestDir()))
+        from SemiSupUncertaintyLib.Paths import selfTestDir
+
+        if self.skipReason():
+            self.skipTest(self.skipReason())
+        sys.path.insert(0, str(selfTestDir()))
         from SemiSupUncertaintySelfTest import runSelfTest
 
         with tempfile.TemporaryDirectory() as workDir:

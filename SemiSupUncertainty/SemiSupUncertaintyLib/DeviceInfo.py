@@ -8,12 +8,13 @@ import torch). It also lists the core library's methods when the library imports
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import threading
 from dataclasses import dataclass, field
 from typing import Callable
 
-from .WorkerProcess import defaultPythonExecutable, workerEnvironment
+from .WorkerProcess import defaultPythonExecutable, windowsCreationFlags, workerEnvironment
 
 __all__ = ["DeviceInfo", "queryDeviceInfo", "queryDeviceInfoAsync", "PROBE_CODE"]
 
@@ -105,7 +106,8 @@ def queryDeviceInfo(python: str | None = None, pythonPath=(), extraEnv: dict | N
     args = [python or defaultPythonExecutable(), "-c", PROBE_CODE]
     env = workerEnvironment([coreLibraryParent(), *pythonPath], extraEnv)
     try:
-        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL)
+        noWindow = {"creationflags": windowsCreationFlags(newProcessGroup=False)} if os.name == "nt" else {}  # no console pops up
+        done = subprocess.run(args, capture_output=True, text=True, timeout=timeout, env=env, stdin=subprocess.DEVNULL, **noWindow)
     except subprocess.TimeoutExpired:
         return DeviceInfo(error=f"the device check did not answer within {timeout:.0f} s")
     except OSError as exc:

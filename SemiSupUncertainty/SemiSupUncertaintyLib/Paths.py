@@ -17,10 +17,11 @@ Source checkout (module added to Slicer's additional module paths directly)::
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
-__all__ = ["MODULE_NAME", "moduleDir", "coreLibraryParent", "resourcePath", "selfTestDir", "ensureCoreLibraryOnPath"]
+__all__ = ["MODULE_NAME", "moduleDir", "coreLibraryParent", "resourcePath", "selfTestDir", "ensureCoreLibraryOnPath", "reloadLibraries"]
 
 MODULE_NAME = "SemiSupUncertainty"
 
@@ -61,3 +62,22 @@ def ensureCoreLibraryOnPath() -> None:
     parent = str(coreLibraryParent())
     if parent not in sys.path:
         sys.path.insert(0, parent)
+
+
+def reloadLibraries(packages: tuple[str, ...] = ("SemiSupUncertaintyLib", "semisup")) -> list[str]:
+    """Forget every loaded module of ``packages`` and import them again from disk; returns what was reloaded.
+
+    Slicer's Reload (ScriptedLoadableModuleWidget.onReload, Base/Python/slicer/ScriptedLoadableModule.py)
+    reloads the module file only; its ``SemiSupUncertaintyLib`` and ``semisup`` imports would
+    still be the old ones. Dropping them all from ``sys.modules`` (rather than
+    ``importlib.reload`` one by one) re-imports them in dependency order, so no module
+    keeps a reference to an old class.
+    """
+    dropped = sorted(name for name in sys.modules if name.split(".")[0] in packages)
+    for name in dropped:
+        del sys.modules[name]
+    importlib.invalidate_caches()
+    for package in packages:
+        if any(name.split(".")[0] == package for name in dropped):
+            importlib.import_module(package)
+    return dropped

@@ -80,10 +80,11 @@ class Widget(qt.QWidget, VTKObservationMixin):
         self.timer = qt.QTimer(self)
         self.timer.setInterval(200)
         self.timer.timeout.connect(self.onTimer)
+        self.params = ParameterNode.getOrCreate(slicer.mrmlScene)
         self._connect()
         self._observeScene()
-        self.params = ParameterNode.getOrCreate(slicer.mrmlScene)
-        self.ui.runsDirectoryButton.directory = str(self.logic.runsDirectory)
+        # The saved parameters fill the GUI first; ctkDirectoryButton emits directoryChanged
+        # when its directory is set, which must not write the GUI's defaults over them.
         self.updateGuiFromParameters()
         self.updateDependencies()
 
@@ -169,8 +170,8 @@ class Widget(qt.QWidget, VTKObservationMixin):
             ui.runNameLineEdit.text = state.runName
             ui.overridesLineEdit.text = self.params.node.GetParameter("overridesText") or ""
             if state.runsDirectory:
-                ui.runsDirectoryButton.directory = state.runsDirectory
                 self.logic.runsDirectory = Path(state.runsDirectory)
+            ui.runsDirectoryButton.directory = str(self.logic.runsDirectory)  # its signal is ignored while updating
         finally:
             self._updating = False
         self.updateLists()
@@ -446,6 +447,8 @@ class Widget(qt.QWidget, VTKObservationMixin):
         self.updateButtons()
 
     def onRunsDirectoryChanged(self, path: str) -> None:
+        if self._updating:  # set from the parameter node, not by the user
+            return
         self.logic.runsDirectory = Path(path)
         self.updateParametersFromGui()
         self.updateRunList()

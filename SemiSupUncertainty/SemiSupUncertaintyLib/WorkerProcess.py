@@ -90,16 +90,23 @@ def workerEnvironment(pythonPath: Iterable[str | Path] = (), extra: dict[str, st
     return env
 
 
-def windowsCreationFlags() -> int:
-    """Own process group (CTRL_BREAK reaches the worker, not Slicer) and no console window.
+#: Windows process creation flags (Win32 API, "Process Creation Flags"); subprocess defines
+#: them only on Windows.
+CREATE_NEW_PROCESS_GROUP = 0x00000200
+CREATE_NO_WINDOW = 0x08000000
 
-    Windows only (0 elsewhere). ``CREATE_NO_WINDOW`` is what ``slicer.util.launchConsoleProcess``
-    achieves with ``STARTUPINFO``/``SW_HIDE`` (Base/Python/slicer/util.py): without it a
-    console window pops up for every worker and device check.
+
+def windowsCreationFlags(newProcessGroup: bool = True, osName: str | None = None) -> int:
+    """``creationflags`` for a worker (or, without a process group, the device check); 0 off Windows.
+
+    ``CREATE_NO_WINDOW``: no console window pops up for a console program started from
+    Slicer's GUI, which is what ``slicer.util.launchConsoleProcess`` achieves with
+    ``STARTUPINFO``/``SW_HIDE`` (Base/Python/slicer/util.py). ``CREATE_NEW_PROCESS_GROUP``:
+    a CTRL_BREAK for the worker does not reach Slicer.
     """
-    if os.name != "nt":
+    if (osName or os.name) != "nt":
         return 0
-    return subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
+    return CREATE_NO_WINDOW | (CREATE_NEW_PROCESS_GROUP if newProcessGroup else 0)
 
 
 _running: "weakref.WeakSet[WorkerProcess]" = weakref.WeakSet()
@@ -175,7 +182,7 @@ class WorkerProcess:
     def start(self) -> "WorkerProcess":
         if self.process is not None:
             raise RuntimeError("worker already started")
-        kwargs = {"creationflags": windowsCreationFlags()} if os.name == "nt" else {}
+        kwargs = {"creationflags": windowsCreationFlags()} if os.name == "nt" else {}  # Popen refuses the argument elsewhere
         if self.cancelFile is not None:
             self.cancelFile.unlink(missing_ok=True)  # a stale request must not stop the new attempt
         if self.logPath is not None:

@@ -35,3 +35,17 @@ def test_missing_torch_or_interpreter_is_reported_not_raised(tmp_path):
     assert "Install dependencies" in DeviceInfo(error="ModuleNotFoundError: No module named 'torch'").summary()
     info = queryDeviceInfo(str(tmp_path / "no-python"))
     assert "could not start" in info.error
+
+
+def test_no_console_window_on_windows_for_the_device_check_and_the_worker():
+    """Windows cannot run here: the flags are the Win32 values, and both process starts use them."""
+    import inspect
+
+    from SemiSupUncertaintyLib import DeviceInfo as module
+    from SemiSupUncertaintyLib.WorkerProcess import WorkerProcess, windowsCreationFlags
+
+    assert windowsCreationFlags(newProcessGroup=False, osName="nt") == 0x08000000  # CREATE_NO_WINDOW
+    assert windowsCreationFlags(osName="nt") == 0x08000000 | 0x00000200  # + CREATE_NEW_PROCESS_GROUP (CTRL_BREAK)
+    assert windowsCreationFlags(osName="posix") == 0
+    assert "windowsCreationFlags(newProcessGroup=False)" in inspect.getsource(module.queryDeviceInfo)
+    assert "windowsCreationFlags()" in inspect.getsource(WorkerProcess.start)

@@ -20,6 +20,18 @@ def test_top_level_cmake_declares_the_extension_and_its_pytorch_dependency():
     assert "add_subdirectory(SemiSupUncertainty)" in text and "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text
 
 
+def test_extension_urls_point_at_the_stated_home_and_at_files_that_exist():
+    text = (REPO / "CMakeLists.txt").read_text()
+    home = "https://github.com/SemiSupUncertainty/SlicerSemiSupUncertainty"
+    assert re.search(r'set\(EXTENSION_HOMEPAGE "' + re.escape(home), text) and "intended public home" in text
+    icon = re.search(r'set\(EXTENSION_ICONURL "https://raw.githubusercontent.com/SemiSupUncertainty/SlicerSemiSupUncertainty/main/(\S+)"\)', text)
+    assert icon and (REPO / icon.group(1)).is_file()
+    screenshots = re.search(r'set\(EXTENSION_SCREENSHOTURLS "([^"]*)"\)', text).group(1).split()
+    prefix = "https://raw.githubusercontent.com/SemiSupUncertainty/SlicerSemiSupUncertainty/main/"
+    for url in screenshots:  # only real, committed captures
+        assert url.startswith(prefix) and (REPO / url[len(prefix):]).is_file(), url
+
+
 def test_module_cmake_installs_every_file_the_module_needs():
     text = (MODULE / "CMakeLists.txt").read_text()
     for path in sorted((MODULE / "SemiSupUncertaintyLib").glob("*.py")):
@@ -79,3 +91,34 @@ def test_the_widget_only_uses_what_the_protocols_promise():
     assert _attributesUsedOn(source, "trainJob") | _attributesUsedOn(source, "predictJob") <= members(JobProtocol)
     assert isinstance(SemiSupUncertaintyLogic(scene=object()), LogicProtocol)
     assert isinstance(InstallLogic(), InstallLogicProtocol)
+
+
+def test_reload_picks_up_changed_library_files(tmp_path):
+    """What the module's onReload calls: an edited library file is used after the reload, without a restart."""
+    import shutil
+    import textwrap
+
+    ignore = shutil.ignore_patterns("__pycache__")
+    shutil.copytree(MODULE / "SemiSupUncertaintyLib", tmp_path / "SemiSupUncertaintyLib", ignore=ignore)
+    shutil.copytree(MODULE / "semisup", tmp_path / "semisup", ignore=ignore)
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(tmp_path)!r})
+        import SemiSupUncertaintyLib
+        from SemiSupUncertaintyLib import Paths
+        from semisup.protocol import tracker
+        old = (sys.modules["SemiSupUncertaintyLib.SceneImporter"].CLASS_COLORS[0], tracker.format_duration(5))
+        lib = {str(tmp_path / "SemiSupUncertaintyLib")!r}
+        core = {str(tmp_path / "semisup" / "protocol" / "tracker.py")!r}
+        path = lib + "/SceneImporter.py"
+        for file, old_text, new_text in ((path, "(0.90, 0.62, 0.00),", "(0.11, 0.22, 0.33),"), (core, 'return f"{{seconds}} s"', 'return f"{{seconds}} seconds"')):
+            text = open(file).read()
+            open(file, "w").write(text.replace(old_text, new_text, 1))
+        reloaded = Paths.reloadLibraries()
+        S = sys.modules["SemiSupUncertaintyLib.SceneImporter"]
+        from semisup.protocol import tracker as T
+        print(old, (S.CLASS_COLORS[0], T.format_duration(5)), "SemiSupUncertaintyLib.Widget" not in reloaded, S.SceneImporter is sys.modules["SemiSupUncertaintyLib"].SceneImporter)
+    """)
+    out = subprocess.run([sys.executable, "-B", "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == "((0.9, 0.62, 0.0), '5 s') ((0.11, 0.22, 0.33), '5 seconds') True True"
+    assert "reloadLibraries()" in (MODULE / "SemiSupUncertainty.py").read_text()

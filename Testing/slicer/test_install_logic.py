@@ -13,7 +13,9 @@ else:  # pragma: no cover
 
 import pytest
 
-from SemiSupUncertaintyLib.InstallLogic import REQUIREMENTS, TORCH_REQUIREMENT, InstallError, InstallLogic
+import subprocess
+
+from SemiSupUncertaintyLib.InstallLogic import REQUIREMENTS, SLICER_PROVIDED, TORCH_REQUIREMENT, InstallError, InstallLogic, installTorchWithPyTorchUtils, installedVersion
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -23,7 +25,26 @@ def test_requirements_match_the_core_library_pyproject():
     deps = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["dependencies"]
     torch = [d for d in deps if re.match(r"torch\b", d)]
     assert torch == [f"torch{TORCH_REQUIREMENT}"]
-    assert sorted(d for d in deps if d not in torch) == sorted(REQUIREMENTS)
+    assert sorted(d for d in deps if d not in torch) == sorted(REQUIREMENTS + SLICER_PROVIDED)
+    assert not any(r.lower().startswith("simpleitk") for r in REQUIREMENTS)  # Slicer's own SimpleITK is used
+
+
+def test_supported_versions_agree_everywhere():
+    """pyproject's requires-python, the Slicer floor and the module's load-time check say the same."""
+    from semisup._version import REQUIRES_PYTHON, SLICER_MINIMUM, SLICER_PYTHON, slicer_compatibility_problem
+
+    floor = re.search(r'requires-python = ">=(\d+)\.(\d+)"', (REPO / "pyproject.toml").read_text())
+    assert tuple(map(int, floor.groups())) == REQUIRES_PYTHON == (3, 10)
+    assert SLICER_MINIMUM == (5, 10) and SLICER_PYTHON[SLICER_MINIMUM] >= REQUIRES_PYTHON > SLICER_PYTHON[(5, 8)]
+    assert slicer_compatibility_problem((5, 10), (3, 12)) == ""
+    problem = slicer_compatibility_problem((5, 8), (3, 9))
+    assert "needs 3D Slicer 5.10 or later" in problem and "Slicer 5.8 with Python 3.9" in problem
+    assert slicer_compatibility_problem((5, 10), (3, 9))  # a custom build with an old Python
+    module = (REPO / "SemiSupUncertainty" / "SemiSupUncertainty.py").read_text()
+    assert "slicer_compatibility_problem(" in module  # checked when the module loads
+    assert module.index("slicer_compatibility_problem(") < module.index("from SemiSupUncertaintyLib")  # before the library imports
+    docs = (REPO / "docs" / "slicer.md").read_text()
+    assert "Slicer 5.10" in docs and "Python 3.12" in docs
 
 
 def test_installed_packages_are_recognised():
@@ -36,14 +57,17 @@ def test_missing_and_too_old_packages_are_listed():
     logic = InstallLogic(requirements=["numpy>=1.0", "numpy>=999", "surely-not-installed-package>=1"], torchRequirement=">=999")
     assert logic.missingRequirements() == ["numpy>=999", "surely-not-installed-package>=1"]
     assert logic.torchMissing()
-    assert logic.describeMissing() == "torch>=999 (through the PyTorch extension), numpy>=999, surely-not-installed-package>=1"
+    assert logic.describeMissing() == (
+        f"torch>=999 (through the PyTorch extension; {installedVersion('torch')} is installed, 'Install dependencies' upgrades it), "
+        "numpy>=999, surely-not-installed-package>=1"
+    )
 
 
 class Recorder:
     """Stands in for the Slicer application layer (dialogs, pip, the PyTorch extension)."""
 
-    def __init__(self, answer: bool = True, torchResult: object = "torch") -> None:
-        self.answer, self.torchResult = answer, torchResult
+    def __init__(self, answer: bool = True, torchResult: object = "torch", afterTorch=None) -> None:
+        self.answer, self.torchResult, self.afterTorch = answer, torchResult, afterTorch
         self.calls: list[tuple] = []
 
     def confirm(self, text: str) -> bool:
@@ -55,11 +79,13 @@ class Recorder:
 
     def torch(self, requirement: str):
         self.calls.append(("torch", requirement))
+        if self.afterTorch:
+            self.afterTorch()
         return self.torchResult
 
 
 def test_torch_first_then_one_confirmation_listing_the_others_with_torch_pinned():
-    app = Recorder()
+    app = Recorder(afterTorch=lambda: setattr(logic, "torchRequirement", ">=1"))  # as if torch had been upgraded
     logic = InstallLogic(app.confirm, app.pip, app.torch, requirements=["surely-not-installed-package>=1", "numpy>=1.0"], torchRequirement=">=999")
     with pytest.raises(InstallError, match="could not be installed: surely-not-installed-package"):
         logic.setupPythonRequirements()  # the recorder installs nothing
@@ -90,3 +116,62 @@ def test_nothing_to_do_asks_nothing():
     app = Recorder()
     assert InstallLogic(app.confirm, app.pip, app.torch).setupPythonRequirements() is True
     assert app.calls == []
+
+
+def test_torch_not_upgraded_is_said_plainly():
+    app = Recorder()
+    logic = InstallLogic(app.confirm, app.pip, app.torch, requirements=[], torchRequirement=">=999")
+    with pytest.raises(InstallError, match=r"PyTorch>=999 is needed but .* is still installed"):
+        logic.setupPythonRequirements()
+
+
+def failingPip(requirements: list[str]) -> None:
+    """A real pip that fails (offline, a package that does not exist): CalledProcessError, as slicer.util.pip_install raises."""
+    subprocess.run([sys.executable, "-m", "pip", "install", "--no-index", "--disable-pip-version-check", "-q", *requirements], check=True, capture_output=True)
+
+
+def test_a_failing_pip_is_an_install_error_in_plain_words():
+    app = Recorder()
+    logic = InstallLogic(app.confirm, failingPip, app.torch, requirements=["surely-not-installed-package>=1"])
+    with pytest.raises(InstallError, match=r"Installing surely-not-installed-package>=1 failed \(exit code 1 of: .*pip install.*'Install dependencies' again"):
+        logic.setupPythonRequirements()
+
+
+def test_a_failing_pytorch_installer_is_an_install_error_in_plain_words():
+    def torchInstaller(requirement):
+        failingPip([f"torch-surely-not-a-package{requirement}"])
+
+    logic = InstallLogic(Recorder().confirm, failingPip, torchInstaller, requirements=[], torchRequirement=">=999")
+    with pytest.raises(InstallError, match="Installing PyTorch failed"):
+        logic.setupPythonRequirements()
+
+
+class PyTorchUtilsLogicRecorder:
+    """The two calls of SlicerPyTorch's PyTorchUtilsLogic that the install uses (the extension needs Slicer's application)."""
+
+    def __init__(self) -> None:
+        self.installs: list[str] = []
+
+    def torchInstalled(self) -> bool:
+        return True
+
+    def installTorch(self, askConfirmation: bool, torchVersionRequirement: str):
+        assert askConfirmation
+        self.installs.append(torchVersionRequirement)
+        return "upgraded torch"
+
+
+def test_torch_older_than_the_floor_is_upgraded_not_accepted():
+    utils = PyTorchUtilsLogicRecorder()
+    assert installTorchWithPyTorchUtils(utils, ">=999") == "upgraded torch" and utils.installs == [">=999"]
+    import torch
+
+    assert installTorchWithPyTorchUtils(utils, TORCH_REQUIREMENT) is torch and utils.installs == [">=999"]
+
+
+def test_the_self_test_skips_with_the_reason_where_packages_are_missing():
+    assert InstallLogic().selfTestSkipReason() == ""  # this environment can train
+    reason = InstallLogic(torchRequirement=">=999").selfTestSkipReason()
+    assert reason.startswith("the Python packages the training needs are missing (torch>=999") and "Install dependencies" in reason
+    module = (REPO / "SemiSupUncertainty" / "SemiSupUncertainty.py").read_text()
+    assert "self.skipTest(" in module and "selfTestSkipReason()" in module
