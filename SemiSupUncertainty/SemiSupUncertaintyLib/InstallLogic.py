@@ -54,28 +54,14 @@ def _splitRequirement(requirement: str) -> tuple[str, str]:
 
 
 def _satisfied(version: str, specifier: str) -> bool:
-    if not specifier:
-        return True
+    """``version`` meets ``specifier`` (``packaging`` ships with Slicer's Python and with pip)."""
+    from packaging.specifiers import InvalidSpecifier, SpecifierSet
+    from packaging.version import InvalidVersion, Version
+
     try:
-        from packaging.specifiers import SpecifierSet
-        from packaging.version import Version
-
-        return Version(version) in SpecifierSet(specifier)
-    except ImportError:  # pragma: no cover - packaging ships with pip
-        pass
-    except Exception:
+        return not specifier or Version(version) in SpecifierSet(specifier)
+    except (InvalidSpecifier, InvalidVersion):
         return False
-
-    def parse(v: str) -> tuple[int, ...]:
-        return tuple(int(x) for x in re.findall(r"\d+", v.split("+")[0])[:3])
-
-    for part in specifier.split(","):
-        op, ver = re.match(r"\s*(>=|<=|==|>|<|!=)?\s*(.+)", part).groups()
-        a, b = parse(version), parse(ver)
-        ok = {">=": a >= b, "<=": a <= b, "==": a == b, ">": a > b, "<": a < b, "!=": a != b, None: a >= b}[op]
-        if not ok:
-            return False
-    return True
 
 
 def installedVersion(distribution: str) -> str | None:

@@ -28,7 +28,7 @@ from .Parameters import TrainingSettings
 from .Paths import coreLibraryParent, ensureCoreLibraryOnPath
 from .PredictionJob import PredictionJob, PredictionResult
 from .ProgressChart import ProgressChart
-from .RunFolder import RunInfo, activeWorkerPids, classNamesOfRun, classStylesOfRun, listRuns
+from .RunFolder import classStylesOfRun
 from .SceneExporter import InputError, SceneExporter
 from .SceneImporter import SceneImporter
 from .TrainingJob import TrainingJob, TrainingResult
@@ -36,6 +36,7 @@ from .WorkerProcess import WorkerProcess, defaultPythonExecutable
 
 from semisup.protocol import Event, ProgressTracker
 from semisup.protocol.exits import CANCEL_FILE
+from semisup.protocol.run_folder import RunInfo, active_worker_pids, list_runs
 
 __all__ = ["SemiSupUncertaintyLogic"]
 
@@ -144,7 +145,7 @@ class SemiSupUncertaintyLogic:
         return path
 
     def listRuns(self, runsDirectory: str | Path | None = None) -> list[RunInfo]:
-        return listRuns(runsDirectory or self.runsDirectory)
+        return list_runs(runsDirectory or self.runsDirectory)
 
     def writeConfig(self, runDir: str | Path, overrides: dict[str, Any], base: str | Path | None = None) -> Path:
         """Write ``runDir/config.yaml``: the core library's defaults (or ``base``) with ``overrides`` applied.
@@ -253,9 +254,9 @@ class SemiSupUncertaintyLogic:
         """
         runDir = Path(runDir)
         info = RunInfo.read(runDir)
-        if not info.hasConfig:
+        if not info.has_config:
             raise InputError(f"{runDir} is not a run folder (no config.yaml)")
-        pids = activeWorkerPids(runDir)
+        pids = active_worker_pids(runDir)
         if pids:
             raise InputError(f"{runDir} is being trained right now by process {', '.join(map(str, pids))}: cancel that first")
         if overrides:
@@ -311,10 +312,10 @@ class SemiSupUncertaintyLogic:
         """
         runDir = Path(runDir)
         info = RunInfo.read(runDir)
-        if not info.canPredict:
+        if not info.can_predict:
             raise InputError(f"{runDir} has no checkpoint (checkpoints/best.pt or last.pt): train it first")
         volumes = _asList(volumes)
-        classNames = info.classNames or classNamesOfRun(runDir)
+        classNames = info.class_names
         base = Path(outputDir) if outputDir else runDir / "slicer-predictions" / time.strftime("%Y%m%d-%H%M%S")
         records = self.exporter.exportVolumes(volumes, base / "inputs")
         args = ["predict", "--run-dir", runDir, "--input", *[r.image for r in records], "--output-dir", base / "outputs", "--progress", "json", "--device", device]

@@ -22,9 +22,10 @@ from .Logic import SemiSupUncertaintyLogic
 from .Parameters import GuiState, ParameterNode, PredictionSettings, TrainingSettings
 from .Paths import resourcePath
 from .Protocols import InstallLogicProtocol, LogicProtocol
-from .RunFolder import RunInfo
 from .SceneExporter import InputError, SceneExporter
 from .WorkerProcess import ExitStatus
+
+from semisup.protocol.run_folder import RunInfo
 
 __all__ = ["Widget"]
 
@@ -436,7 +437,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         self._runInfo = RunInfo.read(run) if run else None
         if run:
             info = self._runInfo
-            classes = f" Classes: {', '.join(info.classNames)}." if info.classNames else ""
+            classes = f" Classes: {', '.join(info.class_names)}." if info.class_names else ""
             self._setLabel(self.ui.runInfoLabel, f"{info.describe()}.{classes}", "error" if info.state == "failed" else "")
         else:
             self._setLabel(self.ui.runInfoLabel, "No trained run in the runs folder yet.", "")
@@ -542,9 +543,9 @@ class Widget(qt.QWidget, VTKObservationMixin):
         predicting = self.predictJob is not None and self.predictJob.isRunning()
         info = self._runInfo
         ui.trainButton.enabled = not training and bool(self.params.labeledPairs())
-        ui.resumeButton.enabled = not training and info is not None and info.canResume
+        ui.resumeButton.enabled = not training and info is not None and info.can_resume
         ui.cancelButton.enabled = training
-        ui.predictButton.enabled = not predicting and info is not None and info.canPredict and bool(self._checkedNodes(ui.predictVolumeListWidget))
+        ui.predictButton.enabled = not predicting and info is not None and info.can_predict and bool(self._checkedNodes(ui.predictVolumeListWidget))
         ui.predictCancelButton.enabled = predicting
 
     @staticmethod

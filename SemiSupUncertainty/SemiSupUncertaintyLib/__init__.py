@@ -14,13 +14,13 @@ from .InstallLogic import InstallError, InstallLogic
 from .Logic import SemiSupUncertaintyLogic
 from .Parameters import GuiState, ParameterNode, PredictionSettings, TrainingSettings
 from .PredictionJob import PredictionJob, PredictionResult
-from .RunFolder import RunInfo, listRuns
 from .SceneExporter import InputError, SceneExporter
 from .SceneImporter import SceneImporter
 from .TrainingJob import TrainingJob, TrainingResult
 from .WorkerProcess import ExitStatus, WorkerError, WorkerProcess
 
 from semisup.protocol import ProgressTracker, parse_line  # noqa: E402  (after the path is set)
+from semisup.protocol.run_folder import RunInfo, list_runs  # noqa: E402
 
 __all__ = [
     "SemiSupUncertaintyLogic",
@@ -41,7 +41,7 @@ __all__ = [
     "ProgressTracker",
     "parse_line",
     "RunInfo",
-    "listRuns",
+    "list_runs",
     "InstallLogic",
     "InstallError",
     "Widget",

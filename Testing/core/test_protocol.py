@@ -216,3 +216,28 @@ def test_the_slicer_launcher_crash_is_recognised_as_out_of_memory():
     assert status == ExitStatus.KILLED and "out of memory" in text and "The training process" in text
     # the worker's own error message wins over the launcher's line
     assert explain_exit(1, "the loss became nan", tail) == (ExitStatus.FAILED, "the loss became nan")
+
+
+# -- the run folder ---------------------------------------------------------------------------
+def test_run_state_is_read_from_the_run_folder(tmp_path):
+    from semisup.protocol.run_folder import RunInfo, class_names_of_run, list_runs
+
+    run = tmp_path / "run"
+    assert RunInfo.read(run).state == "new" and not RunInfo.read(run).can_resume
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "config.yaml").write_text("method: {name: uamt}\n")
+    (run / "dataset.json").write_text(json.dumps({"labels": {"0": "background", "2": "Kidney", "1": "Liver"}}))
+    (run / "progress.jsonl").write_text("\n".join([START, line("iteration", iteration=3, iterations=100, loss=0.4)]))
+    info = RunInfo.read(run)
+    assert info.state == "running-or-interrupted" and info.can_resume and not info.can_predict
+    assert class_names_of_run(run) == ["Liver", "Kidney"] and info.class_names == ["Liver", "Kidney"]
+    (run / "checkpoints" / "last.pt").write_bytes(b"")
+    with open(run / "progress.jsonl", "a") as fh:
+        fh.write("\n" + line("cancelled", iteration=3, checkpoint="l.pt"))
+    info = RunInfo.read(run)
+    assert info.state == "interrupted" and info.can_predict and info.describe() == "run: uamt, cancelled at iteration 3/100"
+    with open(run / "progress.jsonl", "a") as fh:
+        fh.write("\n" + line("done", iteration=100, best_dice=0.8))
+    info = RunInfo.read(run)
+    assert info.state == "finished" and not info.can_resume and info.describe().endswith("best Dice 0.800")
+    assert [r.path for r in list_runs(tmp_path)] == [run]

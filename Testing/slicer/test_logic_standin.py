@@ -61,7 +61,7 @@ def test_blocking_training_exports_trains_and_charts(standinLogic, threeCases):
     assert "[stderr] stand-in worker starting" in (run / "slicer-worker.log").read_text()
     # The run folder's record of the run tells the same story.
     info = RunInfo.read(run)
-    assert info.state == "finished" and info.canPredict and not info.canResume and info.classNames == ["Liver", "Kidney"]
+    assert info.state == "finished" and info.can_predict and not info.can_resume and info.class_names == ["Liver", "Kidney"]
 
 
 def test_non_blocking_training_polled_like_the_gui_with_live_chart(standinLogic, threeCases):
@@ -123,7 +123,7 @@ def test_cancel_stops_within_seconds_and_leaves_no_process(scene, tmp_path, thre
     assertNoProcessLeft(pids)
     last = json.loads((job.runDir / "checkpoints" / "last.pt").read_text())
     assert last["iteration"] == job.tracker.iteration  # written on the way out
-    assert RunInfo.read(job.runDir).state == "interrupted" and RunInfo.read(job.runDir).canResume
+    assert RunInfo.read(job.runDir).state == "interrupted" and RunInfo.read(job.runDir).can_resume
 
 
 def test_cancel_without_a_signal_stops_gracefully_through_the_cancel_file(scene, tmp_path, threeCases):
@@ -173,7 +173,7 @@ def test_a_killed_run_resumes_from_its_last_checkpoint(scene, tmp_path, threeCas
     assert job.status == ExitStatus.KILLED
     saved = json.loads((job.runDir / "checkpoints" / "last.pt").read_text())["iteration"]
     info = RunInfo.read(job.runDir)
-    assert info.state == "running-or-interrupted" and info.canResume
+    assert info.state == "running-or-interrupted" and info.can_resume
     starts = []
     result = logic.resume(job.runDir, chart=True, onEvent=lambda e: starts.append(e) if e.name == "start" else None)
     assert result.status == ExitStatus.FINISHED and result.iteration == 40

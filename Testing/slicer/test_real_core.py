@@ -108,7 +108,7 @@ def test_cancel_kill_and_resume_with_the_real_worker(realLogic, threeCases):
     assert job.status == ExitStatus.KILLED
     assertNoProcessLeft(pids)
     run = job.runDir
-    assert RunInfo.read(run).canResume
+    assert RunInfo.read(run).can_resume
 
     # 2. Resume: it starts from the saved checkpoint; then cancel: exit 3 within seconds.
     starts = []
