@@ -312,7 +312,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         try:
             with slicer.util.WaitCursor():
                 done = self.installLogic.setupPythonRequirements(askConfirmation=True)
-        except InstallError as exc:
+        except InstallError as exc:  # pip's and the PyTorch installer's CalledProcessError arrive as InstallError
             slicer.util.errorDisplay(str(exc), windowTitle="SemiSupUncertainty: installation failed")
             done = False
         self.updateDependencies()
