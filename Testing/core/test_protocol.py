@@ -10,7 +10,6 @@ import pytest
 
 from semisup.engine.events import Emitter
 from semisup.protocol import EVENTS, ExitStatus, ProgressTracker, explain_exit, format_duration, parse_line, register_event, validate
-from semisup.protocol import events as schema
 
 REPO = Path(__file__).resolve().parents[2]
 
