@@ -19,7 +19,10 @@ from semisup._version import slicer_compatibility_problem  # noqa: E402  (plain 
 UNSUPPORTED = slicer_compatibility_problem((slicer.app.majorVersion, slicer.app.minorVersion), sys.version_info[:2])
 if UNSUPPORTED:
     logging.error(UNSUPPORTED)
-    _Logic = object
+
+    class _Logic:  # a base of its own: (object, ScriptedLoadableModuleLogic) has no consistent MRO
+        __init__ = lambda self, *args, **kwargs: None  # noqa: E731
+
 else:
     from SemiSupUncertaintyLib import SemiSupUncertaintyLogic as _Logic  # noqa: E402  (no qt, no torch)
 
@@ -105,7 +108,6 @@ class SemiSupUncertaintyTest(ScriptedLoadableModuleTest):
 
     def test_SemiSupUncertaintyWholeFlow(self):  # what ctest runs (unittest: a skip is not a failure)
         import tempfile
-
         from SemiSupUncertaintyLib.Paths import selfTestDir
 
         if self.skipReason():

@@ -122,3 +122,41 @@ def test_reload_picks_up_changed_library_files(tmp_path):
     out = subprocess.run([sys.executable, "-B", "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "((0.9, 0.62, 0.0), '5 s') ((0.11, 0.22, 0.33), '5 seconds') True True"
     assert "reloadLibraries()" in (MODULE / "SemiSupUncertainty.py").read_text()
+
+
+def test_on_an_older_slicer_the_module_loads_and_says_why(tmp_path):
+    """The module file under Slicer 5.8 (Python 3.9 reported): it loads, names the problem, and imports no library.
+
+    Slicer's application and its ScriptedLoadableModule base classes (Qt) are stood in for.
+    """
+    import textwrap
+
+    code = textwrap.dedent(f"""
+        import runpy, sys, types
+        import slicer
+        slicer.app = types.SimpleNamespace(majorVersion=5, minorVersion=8)
+        base = types.ModuleType("slicer.ScriptedLoadableModule")
+        class Module:
+            def __init__(self, parent):
+                self.parent = parent
+        class Logic:
+            def __init__(self):
+                pass
+        base.ScriptedLoadableModule, base.ScriptedLoadableModuleLogic = Module, Logic
+        base.ScriptedLoadableModuleTest = base.ScriptedLoadableModuleWidget = object
+        sys.modules["slicer.ScriptedLoadableModule"] = base
+        sys.modules["qt"] = types.SimpleNamespace(QIcon=str)
+        sys.version_info = (3, 9, 10)  # what Slicer 5.8 runs
+        module = runpy.run_path({str(MODULE / "SemiSupUncertainty.py")!r})
+        parent = types.SimpleNamespace()
+        module["SemiSupUncertainty"](parent)
+        module["SemiSupUncertaintyLogic"]()
+        print(parent.helpText.split("<br>")[0])
+        print(sorted(m for m in sys.modules if m.startswith("SemiSupUncertaintyLib")))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    first, imported = done.stdout.strip().splitlines()
+    assert first.startswith("<b>SemiSupUncertainty needs 3D Slicer 5.10 or later") and "this is Slicer 5.8 with Python 3.9" in first
+    assert imported == "[]"
+    assert "needs 3D Slicer 5.10 or later" in done.stderr  # logged too
