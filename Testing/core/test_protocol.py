@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from semisup.engine.events import Emitter
+from semisup.protocol.events import EventSchemaError
 from semisup.protocol import EVENTS, ExitStatus, ProgressTracker, explain_exit, format_duration, parse_line, register_event, validate
 
 REPO = Path(__file__).resolve().parents[2]
@@ -78,7 +79,7 @@ def test_the_writer_is_checked_against_the_same_schema():
     sink = Keep()
     strict = Emitter([sink], validate=True)
     strict("iteration", iteration=1, loss=float("nan"))  # cleaned to null before the check
-    with pytest.raises(ValueError, match="field 'best' is not in the schema"):
+    with pytest.raises(EventSchemaError, match="field 'best' is not in the schema"):
         strict("validation", iteration=1, best=0.5)
     assert len(sink.records) == 1  # nothing off-schema reaches a sink
     Emitter([sink], validate=False)("validation", iteration=1, best=0.5)  # off by default outside the tests

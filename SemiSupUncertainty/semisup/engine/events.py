@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 from typing import IO, Any, Protocol
 
-from ..protocol.events import validate
+from ..protocol.events import EventSchemaError, validate
 
 #: Environment switch that makes the emitter check each event against the schema.
 VALIDATE_ENV = "SEMISUP_VALIDATE_EVENTS"
@@ -99,7 +99,7 @@ class Emitter:
     """Stamps events with the time and fans them out to every sink.
 
     With ``validate`` (default: the ``SEMISUP_VALIDATE_EVENTS`` environment switch),
-    an event that does not match ``semisup.protocol.events`` raises ``ValueError``.
+    an event that does not match ``semisup.protocol.events`` raises ``EventSchemaError``.
     """
 
     def __init__(self, sinks: list[ProgressSink] | None = None, validate: bool | None = None) -> None:
@@ -111,7 +111,7 @@ class Emitter:
         if self.validate:
             problems = validate(_clean(record))
             if problems:
-                raise ValueError("progress event does not match the schema: " + "; ".join(problems))
+                raise EventSchemaError("progress event does not match the schema: " + "; ".join(problems))
         for sink in self.sinks:
             sink.emit(record)
 

@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 __all__ = [
+    "EventSchemaError",
     "FIELD_TYPES",
     "Field",
     "EventSpec",
@@ -38,6 +39,11 @@ __all__ = [
     "parse_line",
     "validate",
 ]
+
+class EventSchemaError(TypeError):
+    """An event written that the schema does not allow: a programming error, never bad input
+    (a TypeError, so that handlers of bad input or full disks never swallow it)."""
+
 
 # -- field types ----------------------------------------------------------------
 # Each type: (reader that coerces a JSON value or returns None when it cannot,
@@ -85,6 +91,12 @@ def _read_str_map(value: Any) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in value.items() if v is not None}
 
 
+def _read_str_list(value: Any) -> list[str] | None:
+    if not isinstance(value, list):
+        return None
+    return [str(v) for v in value if v is not None]
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
@@ -97,6 +109,7 @@ FIELD_TYPES: dict[str, tuple[Callable[[Any], Any], Callable[[], Any], Callable[[
     "bool": (_read_bool, lambda: False, lambda v: isinstance(v, bool)),
     "float_map": (_read_float_map, dict, lambda v: isinstance(v, dict) and all(isinstance(k, str) and (x is None or _is_number(x)) for k, x in v.items())),
     "str_map": (_read_str_map, dict, lambda v: isinstance(v, dict) and all(isinstance(k, str) and isinstance(x, str) for k, x in v.items())),
+    "str_list": (_read_str_list, list, lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v)),
 }
 
 
@@ -207,14 +220,20 @@ register_event(
     seconds=("float", "wall time of the attempt"),
 )
 register_event(
-    "cancelled", "stopped on request (SIGTERM, SIGINT, SIGBREAK)",
-    iteration=("int", "the iteration the run stopped after"),
-    checkpoint=("str", "the last checkpoint, written on the way out"),
+    "cancelled", "stopped on request (SIGTERM, SIGINT, SIGBREAK, or the cancel request file)",
+    iteration=("int", "the iteration the run stopped after; null when the stop came while starting"),
+    checkpoint=("str", "the last checkpoint, written on the way out; null when the stop came while starting"),
+    reason=("str", "only for a stop while starting"),
 )
 register_event(
     "error", "the command failed",
     message=("str", "plain words, names the file or setting"),
     type=("str", "exception class"),
+)
+register_event(
+    "warning", "something went wrong but the command goes on",
+    message=("str", "names the file"),
+    case=("str", "predict: an input that failed while the others go on, or oriented unlike the training images"),
 )
 register_event(
     "predict_start", "prediction begins",
@@ -233,8 +252,9 @@ register_event(
 register_event(
     "predict_done", "prediction finished",
     cases=("int", "volumes predicted"),
-    scores_csv=("str", "the scores table"),
+    scores_csv=("str", "the scores table; null when none was written"),
     seconds=("float", "wall time"),
+    failed=("str_list", "inputs that failed (the command then exits 2)"),
 )
 register_event(
     "comparison", "a paired comparison of two evaluated runs",
