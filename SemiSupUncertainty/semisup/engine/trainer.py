@@ -150,7 +150,7 @@ class Trainer:
             check_can_train(self.run_dir, self.resume)  # again: the folder may have changed before the lock
             if self.ckpt_dir.is_dir():
                 remove_stale_temporaries(self.ckpt_dir)  # safe: the lock is ours
-            if lock.path is not None:  # a request left by an attempt killed before it stopped; safe: the lock is ours
+            if int(os.environ.get("RANK", "0")) == 0:  # a request left by an attempt killed before it stopped; the lock is ours
                 self.cancel_file.unlink(missing_ok=True)
             self.prepare()
             return self._fit()
