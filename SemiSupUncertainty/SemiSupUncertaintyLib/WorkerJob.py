@@ -58,6 +58,8 @@ class WorkerJob:
         except Exception as exc:  # a broken import must not kill the poll loop; reported at the end
             log.exception("handling %s event failed", event.name)
             self.finishError = self.finishError or f"{type(exc).__name__}: {exc}"
+        if event.name == "warning":  # e.g. one input of a prediction failed while the others went on
+            log.warning(self.tracker.warnings[-1])
         if self.onEvent is not None:
             self.onEvent(event)
         if self.logProgress and (time.monotonic() - self._lastLog > 10.0 or event.name not in ("iteration", "checkpoint")):

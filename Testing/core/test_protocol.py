@@ -177,8 +177,9 @@ def test_prediction_progress():
     t.feed(line("predict_start", cases=2, mc_samples=8, device="cpu"))
     t.feed(line("predicted", index=1, total=2, case="a", outputs={}, scores={}))
     assert t.fraction() == 0.5 and "1/2" in t.status_text()
-    t.feed(line("predict_done", cases=2, scores_csv="s.csv", seconds=1))
-    assert t.fraction() == 1.0 and t.scores_csv == "s.csv"
+    t.feed(line("warning", case="b", message="inputs/b.nrrd: not a readable image"))
+    t.feed(line("predict_done", cases=1, scores_csv="s.csv", seconds=1, failed=["inputs/b.nrrd"]))
+    assert t.fraction() == 1.0 and t.scores_csv == "s.csv" and t.warnings == ["b: inputs/b.nrrd: not a readable image"]
 
 
 def test_format_duration():

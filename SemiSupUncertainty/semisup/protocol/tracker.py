@@ -60,6 +60,7 @@ class ProgressTracker:
         self.predicted: list[Event] = []
         self.predict_total: int | None = None
         self.scores_csv = ""
+        self.warnings: list[str] = []  # "case: message" of each warning event (e.g. a predict input that failed)
         self.history_version = 0
         self.event_count = 0
         self._start_time: float | None = None
@@ -142,6 +143,9 @@ class ProgressTracker:
     def _on_error(self, e: Event) -> None:
         self.phase = "failed"
         self.error_message, self.error_type = e.message, e.type
+
+    def _on_warning(self, e: Event) -> None:
+        self.warnings.append(f"{e.case}: {e.message}" if e.case else e.message)
 
     def _on_predict_start(self, e: Event) -> None:
         self.phase = "predicting"
