@@ -86,6 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
     p.add_argument("--save-probabilities", action="store_true", default=None, help="also write class probabilities")
     p.add_argument("--largest-component", action="store_true", help="keep the largest connected component per class")
+    p.add_argument("--seed", type=int, help="seed of the MC-dropout draws (default: the run's inference.seed)")
     progress_flag(p)
     p.set_defaults(func=_command("predict"))
 

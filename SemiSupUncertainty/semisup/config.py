@@ -141,7 +141,21 @@ class InferenceConfig:
     sw_batch_size: int = 2
     mc_samples: int = 8  # T stochastic passes (UA-MT: T = 8)
     save_probabilities: bool = False
-    largest_component: bool = False  # UCMT 3D post-processing
+    # UCMT 3D post-processing: true (every class), false, or "auto": the classes for which
+    # it raised the validation Dice of the trained model (stored in the checkpoint).
+    largest_component: bool | str = False
+    # Reproducible MC dropout (issue 14): the seed of the dropout draws, recorded in scores.json.
+    seed: int = 0
+    # The same T dropout masks in every sliding window: no tile seams in the uncertainty
+    # (docs/benchmarks.md, "Tile seams").
+    shared_masks: bool = True
+    # "constant" (UA-MT) or "gaussian" importance weighting of overlapping windows.
+    blend_mode: str = "constant"
+    # "mc_mean" or "dropout_off": which pass the label map is the argmax of
+    # (docs/benchmarks.md, "Label source").
+    label_source: str = "mc_mean"
+    # Test-time flips along these image axes (every combination); [] for none.
+    flip_axes: list[int] = field(default_factory=list)
 
 
 @dataclass
@@ -216,6 +230,17 @@ class RunConfig:
             raise ConfigError(f"{source}: inference.mc_samples must be >= 1, got {i.mc_samples}")
         if not 0.0 <= i.overlap < 1.0:
             raise ConfigError(f"{source}: inference.overlap must be in [0, 1)")
+        if i.largest_component not in (True, False, "auto"):
+            raise ConfigError(f"{source}: inference.largest_component must be true, false or 'auto', got {i.largest_component!r}")
+        if i.blend_mode not in ("constant", "gaussian"):
+            raise ConfigError(f"{source}: inference.blend_mode must be 'constant' or 'gaussian', got {i.blend_mode!r}")
+        if i.label_source not in ("mc_mean", "dropout_off"):
+            raise ConfigError(f"{source}: inference.label_source must be 'mc_mean' or 'dropout_off', got {i.label_source!r}")
+        if not isinstance(i.seed, int) or isinstance(i.seed, bool):
+            raise ConfigError(f"{source}: inference.seed must be an integer, got {i.seed!r}")
+        n_axes = 3 if d.spatial_dims == 3 else 2
+        if any(not isinstance(a, int) or not 0 <= a < n_axes for a in i.flip_axes):
+            raise ConfigError(f"{source}: inference.flip_axes must be image axes in 0..{n_axes - 1}, got {i.flip_axes}")
 
 
 def _build_section(section_cls: type, raw: Any, where: str) -> Any:

@@ -24,6 +24,8 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
     model = load_trained(ckpt, args.device)
     if args.largest_component:
         model.cfg.inference.largest_component = True
+    if getattr(args, "seed", None) is not None:
+        model.cfg.inference.seed = int(args.seed)
     try:
         predict_files(model, args.input, out, mc_samples=args.mc_samples, save_probabilities=args.save_probabilities, emit=emit)
     except OSError as exc:

@@ -29,6 +29,7 @@ from .preprocess import (
     preprocess_label,
     preprocessed_geometry,
     resample_to_grid,
+    restore_label_from_probabilities,
     restore_to_reference,
 )
 
@@ -63,6 +64,7 @@ __all__ = [
     "preprocessed_geometry",
     "resample_to_grid",
     "restore_to_reference",
+    "restore_label_from_probabilities",
     # cache and loaders
     "PreprocessCache",
     "CachedCase",

@@ -40,6 +40,7 @@ __all__ = [
     "preprocessed_geometry",
     "resample_to_grid",
     "restore_to_reference",
+    "restore_label_from_probabilities",
 ]
 
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
@@ -189,3 +190,33 @@ def restore_to_reference(
         restored = resample_to_grid(array_to_image(arr[c], grid), ref, interpolation)
         out[c] = image_to_array(restored)
     return out
+
+
+def restore_label_from_probabilities(probabilities: np.ndarray, reference: sitk.Image | Geometry) -> np.ndarray:
+    """Label map on ``reference``'s own grid: the argmax of the class probabilities
+    ``(C, *spatial)`` restored there with linear interpolation.
+
+    Restoring the label itself by nearest neighbour copies the coarse voxels of the
+    preprocessed grid (staircase boundaries) when the model ran at a coarser spacing;
+    interpolating the probabilities first puts each boundary where the classes are
+    equally likely, between the coarse voxels. Classes are restored one at a time with
+    a running argmax, so memory is two float volumes on the reference grid, not ``C``.
+    Ties go to the lower class, as ``numpy.argmax``. Returns uint8 ``(*spatial)``.
+    """
+    probs = np.asarray(probabilities)
+    ref = _as_geometry(reference)
+    if probs.ndim != ref.dimension + 1:
+        raise DataError(f"expected probabilities (C, *spatial) for a {ref.dimension}D reference, got shape {probs.shape}")
+    if probs.shape[0] > 256:
+        raise DataError(f"{probs.shape[0]} classes do not fit a uint8 label map")
+    best_p: np.ndarray | None = None
+    label = np.zeros(ref.size, dtype=np.uint8)
+    for c in range(probs.shape[0]):
+        p_c = restore_to_reference(probs[c : c + 1], reference, "linear")[0]
+        if best_p is None:
+            best_p = p_c.astype(np.float32, copy=True)
+            continue
+        better = p_c > best_p
+        label[better] = c
+        best_p[better] = p_c[better]
+    return label

@@ -21,7 +21,16 @@ import torch.nn as nn
 
 from .._version import __version__
 from ..config import ConfigError, RunConfig
-from ..data import DataError, check_image, preprocess_image, read_geometry, read_image, restore_to_reference, write_image
+from ..data import (
+    DataError,
+    check_image,
+    preprocess_image,
+    read_geometry,
+    read_image,
+    restore_label_from_probabilities,
+    restore_to_reference,
+    write_image,
+)
 from ..data.checks import check_geometry
 from ..data.dataset import case_name_from_path
 from ..data.io import orientation_code, read_metadata
@@ -31,7 +40,15 @@ from ..inference.predictor import largest_connected_component, predict_volume
 from ..inference.uncertainty import volume_scores
 from ..methods import Method, build_method
 
-__all__ = ["PROVENANCE_KEY", "TrainedModel", "load_trained", "predict_array", "predict_files", "resolve_checkpoint"]
+__all__ = [
+    "PROVENANCE_KEY",
+    "TrainedModel",
+    "largest_component_classes",
+    "load_trained",
+    "predict_array",
+    "predict_files",
+    "resolve_checkpoint",
+]
 
 #: Header field marking every image ``predict`` writes; a file without it is never replaced.
 PROVENANCE_KEY = "semisup_provenance"
@@ -43,7 +60,13 @@ class TrainedModel:
     """A method restored from a checkpoint, with its config and class names."""
 
     def __init__(
-        self, method: Method, cfg: RunConfig, class_names: list[str], checkpoint: Path, orientations: list[str] | None = None
+        self,
+        method: Method,
+        cfg: RunConfig,
+        class_names: list[str],
+        checkpoint: Path,
+        orientations: list[str] | None = None,
+        postprocessing: dict[str, Any] | None = None,
     ) -> None:
         self.method = method
         self.cfg = cfg
@@ -51,6 +74,8 @@ class TrainedModel:
         self.checkpoint = checkpoint
         #: orientation codes of the training images (empty for checkpoints that predate them)
         self.orientations = list(orientations or [])
+        # Decisions taken on the run's validation cases (largest component per class).
+        self.postprocessing = postprocessing or {}
 
     @property
     def networks(self) -> list[nn.Module]:
@@ -82,7 +107,23 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
         raise CheckpointError(f"{path}: checkpoint does not match its own configuration: {exc}") from None
     device = resolve_device(device) if isinstance(device, str) else device
     method.to(device).eval()
-    return TrainedModel(method, cfg, list(state["class_names"]), path, state.get("orientations"))
+    return TrainedModel(method, cfg, list(state["class_names"]), path, state.get("orientations"), state.get("postprocessing"))
+
+
+def largest_component_classes(cfg: RunConfig, num_classes: int, postprocessing: dict[str, Any] | None) -> list[int]:
+    """Foreground classes to reduce to their largest component, from ``inference.largest_component``:
+    true every class, false none, ``"auto"`` those stored with the model (chosen on its
+    validation cases by the trainer; none when the checkpoint has no such decision)."""
+    setting = cfg.inference.largest_component
+    if setting is True:
+        return list(range(1, num_classes))
+    if setting == "auto":
+        stored = (postprocessing or {}).get("largest_component_classes")
+        if stored is None:
+            log.info("largest_component 'auto': the checkpoint holds no validation decision; none applied")
+            return []
+        return [int(c) for c in stored]
+    return []
 
 
 def predict_array(
@@ -92,11 +133,18 @@ def predict_array(
     device: torch.device,
     mc_samples: int | None = None,
     amp: bool = False,
+    component_classes: list[int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Predict a preprocessed image ``(1, *spatial)``; 2D models go slice by slice along z.
 
+    The dropout draws are seeded with ``cfg.inference.seed`` (the same output for the
+    same image and weights). ``component_classes``: classes reduced to their largest
+    connected component on this grid (default none).
+
     Returns numpy arrays on the same grid: ``label`` (spatial), ``entropy`` and
-    ``mutual_information`` (spatial, nats), ``probabilities`` (C, spatial).
+    ``mutual_information`` (spatial, nats), ``probabilities`` (C, spatial) the MC mean,
+    ``label_probabilities`` (C, spatial) those ``label`` is the argmax of
+    (``cfg.inference.label_source``).
     """
     t = torch.as_tensor(np.asarray(image), dtype=torch.float32)
     if cfg.data.spatial_dims == 2 and t.ndim != 4:
@@ -113,15 +161,21 @@ def predict_array(
         sw_batch_size=cfg.inference.sw_batch_size,
         device=device,
         amp=amp,
+        blend_mode=cfg.inference.blend_mode,
+        seed=cfg.inference.seed,
+        shared_masks=cfg.inference.shared_masks,
+        label_source=cfg.inference.label_source,
+        flip_axes=cfg.inference.flip_axes,
     )
     label = out["label"]
-    if cfg.inference.largest_component:
-        label = largest_connected_component(label, out["probabilities"].shape[1])
+    if component_classes:
+        label = largest_connected_component(label, out["probabilities"].shape[1], component_classes)
     return {
         "label": label[0, 0].cpu().numpy().astype(np.uint8),
         "entropy": out["entropy"][0, 0].float().cpu().numpy(),
         "mutual_information": out["mutual_information"][0, 0].float().cpu().numpy(),
         "probabilities": out["probabilities"][0].float().cpu().numpy(),
+        "label_probabilities": out["label_probabilities"][0].float().cpu().numpy(),
     }
 
 
@@ -168,7 +222,19 @@ def predict_files(
     _check_outputs(out_dir, names, kinds)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
-    emit("predict_start", cases=len(inputs), mc_samples=mc, device=str(device))
+    components = largest_component_classes(cfg, len(model.class_names), model.postprocessing)
+    settings = {
+        "mc_samples": mc,
+        "mc_seed": cfg.inference.seed,
+        "shared_masks": cfg.inference.shared_masks,
+        "blend_mode": cfg.inference.blend_mode,
+        "overlap": cfg.inference.overlap,
+        "label_source": cfg.inference.label_source,
+        "label_restore": "argmax of linearly restored probabilities",
+        "flip_axes": list(cfg.inference.flip_axes),
+        "largest_component_classes": components,
+    }
+    emit("predict_start", cases=len(inputs), mc_samples=mc, device=str(device), mc_seed=cfg.inference.seed)
     rows: list[dict[str, Any]] = []
     failed: dict[Path, str] = {}
     try:
@@ -184,9 +250,10 @@ def predict_files(
                 emit("warning", case=name, message=str(exc))
                 continue
             _warn_orientation(model, geom, path, name, emit)
-            rows.append(_predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, len(inputs), emit))
+            rows.append(_predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, len(inputs), emit,
+                                     components))
     finally:  # cancelled or failed midway: the cases done so far keep their scores
-        csv_path = _write_scores(_ranked(rows), out_dir, _map_descriptions(model)) if rows else None
+        csv_path = _write_scores(_ranked(rows), out_dir, _map_descriptions(model), settings) if rows else None
     emit("predict_done", cases=len(rows), scores_csv=csv_path and str(csv_path), seconds=time.time() - start, failed=[str(p) for p in failed])
     if failed:
         listed = "\n  ".join(failed.values())
@@ -241,16 +308,22 @@ def _warn_orientation(model: TrainedModel, geom, path: Path, name: str, emit: Ca
         emit("warning", case=name, message=message)
 
 
-def _predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, total, emit) -> dict[str, Any]:
+def _predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, total, emit, components=()) -> dict[str, Any]:
     cfg = model.cfg
     pre = preprocess_image(image, cfg.data)
     out = predict_array(model.networks, pre, cfg, device, mc_samples=mc, amp=cfg.train.amp and device.type == "cuda")
-    label = restore_to_reference(out["label"][None], image, interpolation="nearest")[0].astype(np.uint8)
+    # Argmax of the linearly restored probabilities: no staircase when the model ran at a
+    # coarser spacing (docs/benchmarks.md, "Linear restore"); then post-processing.
+    label = restore_label_from_probabilities(out["label_probabilities"], image)
+    if components:
+        label = largest_connected_component(torch.from_numpy(label), len(model.class_names), components).numpy()
     maps = {
         "uncertainty": restore_to_reference(out["entropy"][None], image)[0].astype(np.float32),
         "mutual_information": restore_to_reference(out["mutual_information"][None], image)[0].astype(np.float32),
     }
-    own = _own_uncertainty(model, pre, device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        torch.manual_seed(cfg.inference.seed)  # methods whose own map samples (reproducible too)
+        own = _own_uncertainty(model, pre, device)
     if own is not None:
         maps[model.method.own_uncertainty_name] = restore_to_reference(own[None], image)[0].astype(np.float32)
 
@@ -273,6 +346,7 @@ def _predict_one(model, image, path, name, out_dir, mc, save_probs, device, inde
 
 
 def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    # Ties keep the input order (a stable sort), so the ranking is reproducible too.
     rows = sorted(rows, key=lambda r: r["mean_uncertainty_foreground"], reverse=True)
     for rank, row in enumerate(rows, start=1):
         row["uncertainty_rank"] = rank
@@ -300,7 +374,7 @@ def _own_uncertainty(model: TrainedModel, image: np.ndarray, device: torch.devic
     return None if out is None else out[0, 0].float().cpu().numpy()
 
 
-def _write_scores(rows: list[dict[str, Any]], out_dir: Path, maps: dict[str, str]) -> Path:
+def _write_scores(rows: list[dict[str, Any]], out_dir: Path, maps: dict[str, str], settings: dict[str, Any]) -> Path:
     """``scores.csv`` and ``scores.json``, each written atomically (temporary file, rename)."""
     csv_path = out_dir / "scores.csv"
     fields = list(rows[0].keys()) if rows else ["case"]
@@ -313,7 +387,12 @@ def _write_scores(rows: list[dict[str, Any]], out_dir: Path, maps: dict[str, str
     os.replace(tmp, csv_path)
     with open(tmp, "w") as fh:
         json.dump(
-            {"ranking": "most uncertain first (mean entropy inside the predicted foreground)", "maps": maps, "cases": rows},
+            {
+                "ranking": "most uncertain first (mean entropy inside the predicted foreground)",
+                "maps": maps,
+                "settings": settings,
+                "cases": rows,
+            },
             fh,
             indent=2,
         )

@@ -31,7 +31,8 @@ from ..config import RESUMABLE_KEYS, ConfigError, RunConfig, save_config
 from ..data import DataError, DatasetSpec, PreprocessCache, build_train_streams, check_dataset, load_validation_cases
 from ..data.io import orientation_code, read_geometry
 from ..methods import Method, build_method
-from ..measure.metrics import evaluate_case
+from ..inference.predictor import largest_connected_component
+from ..measure.metrics import dice_per_class, evaluate_case
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .device import autocast_dtype, describe_device, resolve_device
 from .distributed import init_distributed
@@ -237,6 +238,8 @@ class Trainer:
             # Predict warns when an image's axes point elsewhere (engine/predict.py).
             "orientations": training_orientations(spec),
         }
+        # The largest-component decision of the latest validation (stored in the checkpoints).
+        self._postprocessing: dict[str, Any] | None = resume_state.get("postprocessing") if resume_state else None
         best_path = self.ckpt_dir / "best.pt"
         last_path = self.ckpt_dir / "last.pt"
 
@@ -253,6 +256,7 @@ class Trainer:
                     "scheduler": scheduler.state_dict(),
                     "scaler": scaler.state_dict(),
                     "rng": _rng_state(),
+                    **({"postprocessing": self._postprocessing} if self._postprocessing else {}),
                 },
                 last_path,
             )
@@ -310,7 +314,11 @@ class Trainer:
                     is_best = dice > best_dice
                     if is_best:
                         best_dice = dice
-                        save_checkpoint({**meta, "iteration": it, "best_dice": dice, "method": method.state_dict()}, best_path)
+                        save_checkpoint(
+                            {**meta, "iteration": it, "best_dice": dice, "method": method.state_dict(),
+                             "postprocessing": self._postprocessing},
+                            best_path,
+                        )
                         self.emit("checkpoint", iteration=it, kind="best", path=str(best_path))
                     self.emit("validation", iteration=it, dice=dice, dice_per_class=per_class, best_dice=best_dice, is_best=is_best)
                 if stop:
@@ -395,10 +403,11 @@ class Trainer:
         return 1.0
 
     def _validate(self, method, val_cases, spec, device, amp_dtype) -> tuple[float, dict[str, float]]:
-        from .predict import predict_array
+        from .predict import largest_component_classes, predict_array
 
         method.eval()
-        scores = []
+        fixed = largest_component_classes(self.cfg, spec.num_classes, None)
+        scores, with_lcc = [], []
         for case in val_cases:
             out = predict_array(
                 method.inference_networks(),
@@ -407,10 +416,23 @@ class Trainer:
                 device=device,
                 mc_samples=1,
                 amp=amp_dtype is not None,
+                component_classes=fixed,
             )
-            scores.append(evaluate_case(out["label"], case["label"][0], spec.num_classes, case["spacing"], spec.class_names))
-        per_class = {
-            name: float(np.mean([s["classes"][name]["dice"] for s in scores])) for name in spec.class_names[1:]
+            ref = case["label"][0]
+            scores.append(evaluate_case(out["label"], ref, spec.num_classes, case["spacing"], spec.class_names))
+            # Largest component per class, scored on the same prediction (the "auto" decision).
+            lcc = largest_connected_component(torch.from_numpy(out["label"]), spec.num_classes).numpy()
+            with_lcc.append(dice_per_class(lcc, ref, spec.num_classes))
+        names = spec.class_names[1:]
+        per_class = {name: float(np.mean([s["classes"][name]["dice"] for s in scores])) for name in names}
+        plain = {c: float(np.mean([s["classes"][names[c - 1]]["dice"] for s in scores])) for c in range(1, spec.num_classes)}
+        after = {c: float(np.mean([d[c] for d in with_lcc])) for c in range(1, spec.num_classes)}
+        self._postprocessing = {
+            # Keep a class's largest component only where it raised the mean validation Dice.
+            "largest_component_classes": [c for c in plain if after[c] > plain[c]],
+            "dice_without": {names[c - 1]: plain[c] for c in plain},
+            "dice_with": {names[c - 1]: after[c] for c in after},
+            "validation_cases": len(val_cases),
         }
         return float(np.mean(list(per_class.values()))), per_class
 

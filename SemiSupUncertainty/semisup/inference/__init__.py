@@ -3,7 +3,14 @@
 File I/O and geometry live in :mod:`semisup.data.io`; the CLI glues them to this.
 """
 
-from .predictor import count_samples, largest_connected_component, predict_volume, predict_volume_reference
+from .predictor import (
+    LABEL_SOURCES,
+    count_samples,
+    largest_connected_component,
+    predict_volume,
+    predict_volume_reference,
+    window_borders,
+)
 from .uncertainty import (
     ENTROPY_EPS,
     expected_entropy,
@@ -16,6 +23,7 @@ from .uncertainty import (
 
 __all__ = [
     "ENTROPY_EPS",
+    "LABEL_SOURCES",
     "count_samples",
     "expected_entropy",
     "largest_connected_component",
@@ -26,4 +34,5 @@ __all__ = [
     "predictive_entropy",
     "variance",
     "volume_scores",
+    "window_borders",
 ]

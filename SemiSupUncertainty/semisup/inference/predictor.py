@@ -53,15 +53,18 @@ context, so its dropout layers are active.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import logging
 from collections.abc import Callable, Iterator, Sequence
 
 import torch
 import torch.nn as nn
+from monai.data.utils import dense_patch_slices
 from monai.inferers import sliding_window_inference
+from monai.inferers.utils import _get_scan_interval
 from monai.transforms import KeepLargestConnectedComponent
 
-from ..networks.base import has_dropout, mc_dropout
+from ..networks.base import has_dropout, mc_dropout, set_mc_dropout
 from .uncertainty import ENTROPY_EPS, predictive_entropy
 
 __all__ = [
@@ -69,11 +72,16 @@ __all__ = [
     "predict_volume_reference",
     "count_samples",
     "largest_connected_component",
+    "window_borders",
+    "LABEL_SOURCES",
 ]
 
 log = logging.getLogger(__name__)
 
 _BLEND_MODES = ("constant", "gaussian")
+#: Where the label map comes from: the argmax of the MC mean, or of one pass with
+#: dropout off (the network's "expected" weights, as in training-time validation).
+LABEL_SOURCES = ("mc_mean", "dropout_off")
 
 
 # --------------------------------------------------------------------------- helpers
@@ -167,6 +175,48 @@ def _check_inputs(
     return (roi + [1] if slice_wise else roi), slice_wise
 
 
+def _flip_sets(flip_axes: Sequence[int], n_spatial: int) -> list[tuple[int, ...]]:
+    """Every combination of the flipped image axes (the identity first), as tensor dims."""
+    axes = sorted({int(a) for a in flip_axes})
+    if any(a < 0 or a >= n_spatial for a in axes):
+        raise ValueError(f"flip_axes {list(flip_axes)} must be image axes in 0..{n_spatial - 1}")
+    dims = [a + 2 for a in axes]  # (B, C, *spatial)
+    return [combo for r in range(len(dims) + 1) for combo in itertools.combinations(dims, r)]
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Seed the dropout draws inside, leaving the caller's random state as it was."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def window_borders(
+    image_size: Sequence[int], roi_size: Sequence[int], overlap: float
+) -> list[list[int]]:
+    """Per image axis, the voxel planes where a sliding window starts or ends.
+
+    The windows are MONAI's (``sliding_window_inference`` with the same ``roi_size``
+    and ``overlap``); a border ``b`` on an axis means windows change between voxel
+    ``b - 1`` and ``b``. The image edges are left out. Used to measure tile seams.
+    """
+    size = [int(v) for v in image_size]
+    roi = [min(int(r), s) for r, s in zip(roi_size, size)]
+    interval = _get_scan_interval(size, roi, len(size), overlap)
+    borders: list[set[int]] = [set() for _ in size]
+    for window in dense_patch_slices(size, roi, interval):
+        for axis, sl in enumerate(window):
+            for b in (sl.start, sl.stop):
+                if 0 < b < size[axis]:
+                    borders[axis].add(int(b))
+    return [sorted(b) for b in borders]
+
+
 _WindowFn = Callable[[torch.Tensor], dict[str, torch.Tensor]]
 
 
@@ -204,7 +254,10 @@ def _stitch(
     )
 
 
-def _finish(mean: torch.Tensor, exp_entropy: torch.Tensor | None, samples: int) -> dict[str, torch.Tensor]:
+def _finish(
+    mean: torch.Tensor, exp_entropy: torch.Tensor | None, samples: int, label_probs: torch.Tensor | None = None
+) -> dict[str, torch.Tensor]:
+    label_probs = mean if label_probs is None else label_probs
     entropy = predictive_entropy(mean, ENTROPY_EPS)
     if samples > 1 and exp_entropy is not None:
         mi = (entropy - exp_entropy).clamp_min(0.0)  # negatives are rounding only
@@ -213,7 +266,8 @@ def _finish(mean: torch.Tensor, exp_entropy: torch.Tensor | None, samples: int) 
         mi = torch.zeros_like(entropy)
     return {
         "probabilities": mean,
-        "label": mean.argmax(dim=1, keepdim=True).to(torch.int64),
+        "label_probabilities": label_probs,
+        "label": label_probs.argmax(dim=1, keepdim=True).to(torch.int64),
         "entropy": entropy,
         "mutual_information": mi,
     }
@@ -269,6 +323,10 @@ def predict_volume(
     amp: bool = False,
     blend_mode: str = "constant",
     sample_chunk: int | None = None,
+    seed: int | None = None,
+    shared_masks: bool = False,
+    label_source: str = "mc_mean",
+    flip_axes: Sequence[int] = (),
 ) -> dict[str, torch.Tensor]:
     """Segment a whole volume and measure MC-dropout uncertainty in one sliding-window pass.
 
@@ -299,11 +357,29 @@ def predict_volume(
     sample_chunk:
         Split the ``T`` repeated samples into forwards of at most this many, to
         bound memory; default ``None`` draws all ``T`` in one forward.
+    seed:
+        Seed of the dropout draws; the same seed, image and weights give the same
+        output on one machine. The caller's random state is left as it was.
+        ``None`` draws from the global generator (not reproducible).
+    shared_masks:
+        Every window uses the same ``T`` dropout masks (the generator is re-seeded
+        with ``seed``, default 0, before each window), so the MC mean is that of the
+        same ``T`` thinned networks everywhere and the uncertainty does not jump at
+        window borders (docs/benchmarks.md, "Tile seams"). Windows then go through
+        the networks one at a time (``T`` rows per forward).
+    label_source:
+        ``"mc_mean"``: the label is the argmax of ``probabilities``;
+        ``"dropout_off"``: of one extra pass with dropout off (``label_probabilities``).
+    flip_axes:
+        Test-time flips: every combination of flips along these image axes is
+        predicted and flipped back; probabilities and expected entropies are averaged.
 
     Returns
     -------
     dict[str, torch.Tensor]
         ``probabilities`` ``(1, C, *spatial)`` float32 mean softmax;
+        ``label_probabilities`` ``(1, C, *spatial)`` the probabilities the label is the
+        argmax of (``probabilities`` itself for ``"mc_mean"``);
         ``label`` ``(1, 1, *spatial)`` int64 argmax;
         ``entropy`` ``(1, 1, *spatial)`` predictive entropy in nats (``[0, ln C]``);
         ``mutual_information`` ``(1, 1, *spatial)`` in nats, zeros when
@@ -311,19 +387,35 @@ def predict_volume(
     """
     nets = _as_list(networks)
     roi, slice_wise = _check_inputs(image, roi_size, overlap, mc_samples, blend_mode)
+    if label_source not in LABEL_SOURCES:
+        raise ValueError(f"label_source must be one of {LABEL_SOURCES}, got {label_source!r}")
+    flips = _flip_sets(flip_axes, image.ndim - 2)
     dev = _resolve_device(nets, device, image)
     stochastic = [_is_stochastic(n, mc_samples) for n in nets]
     samples = count_samples(nets, mc_samples)
+    want_off = label_source == "dropout_off" and any(stochastic)
+    mask_seed = (0 if seed is None else int(seed)) if shared_masks else None
 
-    def window_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+    def one_window(x: torch.Tensor) -> dict[str, torch.Tensor]:
         mean_sum: torch.Tensor | None = None
         ent_sum: torch.Tensor | None = None
+        off_sum: torch.Tensor | None = None
         with _autocast(dev, amp):
             for net, sto in zip(nets, stochastic):
                 if sto:
+                    if mask_seed is not None:
+                        torch.manual_seed(mask_seed)  # the same T masks in every window
                     mean, ent = _mc_window_stats(net, x, mc_samples, sample_chunk)
+                    if want_off:
+                        set_mc_dropout(net, False)
+                        try:
+                            off = _softmax(net(x))
+                        finally:
+                            set_mc_dropout(net, True)
+                    else:
+                        off = mean
                 else:
-                    mean = _softmax(net(x))
+                    mean = off = _softmax(net(x))
                     ent = predictive_entropy(mean, ENTROPY_EPS)
                 if mean_sum is not None and mean.shape != mean_sum.shape:
                     raise ValueError(
@@ -331,13 +423,32 @@ def predict_volume(
                     )
                 mean_sum = mean if mean_sum is None else mean_sum + mean
                 ent_sum = ent if ent_sum is None else ent_sum + ent
-        assert mean_sum is not None and ent_sum is not None
-        return {"mean": mean_sum / len(nets), "expected_entropy": ent_sum / len(nets)}
+                off_sum = off if off_sum is None else off_sum + off
+        assert mean_sum is not None and ent_sum is not None and off_sum is not None
+        out = {"mean": mean_sum / len(nets), "expected_entropy": ent_sum / len(nets)}
+        if want_off:
+            out["off"] = off_sum / len(nets)
+        return out
+
+    def window_stats(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        if mask_seed is None or x.shape[0] == 1:
+            return one_window(x)
+        parts = [one_window(x[i : i + 1]) for i in range(x.shape[0])]
+        return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
 
     fn = _slice_wise(window_stats) if slice_wise else window_stats
-    with _sampling_modes(nets, stochastic):
-        out = _stitch(image.float(), roi, sw_batch_size, fn, overlap, blend_mode, dev)
-    return _finish(out["mean"].float(), out["expected_entropy"].float(), samples)
+    acc: dict[str, torch.Tensor] = {}
+    with _seeded(seed, dev), _sampling_modes(nets, stochastic):
+        for dims in flips:
+            x = image.float()
+            x = torch.flip(x, dims) if dims else x
+            out = _stitch(x, roi, sw_batch_size, fn, overlap, blend_mode, dev)
+            for key, value in out.items():
+                value = value.float()
+                value = torch.flip(value, dims) if dims else value
+                acc[key] = value if key not in acc else acc[key] + value
+    acc = {k: v / len(flips) for k, v in acc.items()}
+    return _finish(acc["mean"], acc["expected_entropy"], samples, acc.get("off"))
 
 
 # --------------------------------------------------------------------------- reference path
@@ -398,8 +509,10 @@ def predict_volume_reference(
 # --------------------------------------------------------------------------- post-processing
 
 
-def largest_connected_component(label: torch.Tensor, num_classes: int) -> torch.Tensor:
-    """Keep, for every foreground class, only its largest connected component.
+def largest_connected_component(
+    label: torch.Tensor, num_classes: int, classes: Sequence[int] | None = None
+) -> torch.Tensor:
+    """Keep, for every foreground class (or only ``classes``), only its largest connected component.
 
     UCMT's 3-D post-processing, via MONAI ``KeepLargestConnectedComponent``
     (classes independently, full connectivity); removed voxels become background 0.
@@ -411,13 +524,19 @@ def largest_connected_component(label: torch.Tensor, num_classes: int) -> torch.
         with at least 2 spatial axes.
     num_classes:
         ``C`` including background; classes ``1..C-1`` are processed.
+    classes:
+        Process only these foreground classes (e.g. those where it helped on
+        validation); ``None`` processes all, an empty list none.
 
     Returns
     -------
     torch.Tensor
         Same shape, dtype and device as ``label``.
     """
-    if num_classes < 2:
+    applied = list(range(1, num_classes)) if classes is None else sorted({int(c) for c in classes})
+    if any(not 1 <= c < num_classes for c in applied):
+        raise ValueError(f"classes {applied} must be foreground classes in 1..{num_classes - 1}")
+    if not applied:
         return label.clone()
     if label.ndim >= 4 and label.shape[0] == 1 and label.shape[1] == 1:
         channel_first = label[0]  # (1, 1, *spatial) -> (1, *spatial)
@@ -425,9 +544,7 @@ def largest_connected_component(label: torch.Tensor, num_classes: int) -> torch.
         channel_first = label
     else:
         channel_first = label.unsqueeze(0)
-    keep = KeepLargestConnectedComponent(
-        applied_labels=list(range(1, num_classes)), is_onehot=False, independent=True
-    )
+    keep = KeepLargestConnectedComponent(applied_labels=applied, is_onehot=False, independent=True)
     out = keep(channel_first)
     out = out.as_tensor() if hasattr(out, "as_tensor") else torch.as_tensor(out)
     return out.reshape(label.shape).to(dtype=label.dtype, device=label.device)
