@@ -207,7 +207,9 @@ def window_borders(
     """
     size = [int(v) for v in image_size]
     roi = [min(int(r), s) for r, s in zip(roi_size, size)]
-    interval = _get_scan_interval(size, roi, len(size), overlap)
+    # MONAI's own window placement (the helper sliding_window_inference uses), so the
+    # borders are exactly those of the stitching.
+    interval = _get_scan_interval(size, roi, len(size), [float(overlap)] * len(size))
     borders: list[set[int]] = [set() for _ in size]
     for window in dense_patch_slices(size, roi, interval):
         for axis, sl in enumerate(window):
