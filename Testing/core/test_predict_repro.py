@@ -206,7 +206,32 @@ def test_two_predict_runs_give_identical_files(trained, tmp_path) -> None:
     stored = load_checkpoint(checkpoint)["postprocessing"]
     assert settings["largest_component_classes"] == stored["largest_component_classes"]
     assert stored["validation_cases"] == 1 and set(stored["dice_with"]) == set(stored["dice_without"])
+    # The model ran on a 2 mm grid; every map is written on the input's own grid.
+    import SimpleITK as sitk
+
+    image = sitk.ReadImage(inputs[0])
+    for kind in ("label", "uncertainty", "mutual_information"):
+        out = sitk.ReadImage(str(tmp_path / "a" / f"{Path(inputs[0]).name.split('.')[0]}_{kind}.nrrd"))
+        assert out.GetSize() == image.GetSize() and out.GetSpacing() == image.GetSpacing()
+        assert out.GetOrigin() == image.GetOrigin() and out.GetDirection() == image.GetDirection()
     # Another seed, other draws: the uncertainty map changes.
     _predict(checkpoint, inputs, tmp_path / "c", "--seed", "1")
     unc = next(n for n in names if n.endswith("_uncertainty.nrrd"))
     assert (tmp_path / "c" / unc).read_bytes() != (tmp_path / "a" / unc).read_bytes()
+
+
+def test_seam_ratio_hand_computed() -> None:
+    from semisup.measure.seams import seam_ratio
+
+    # 1-D map 0, 0, 1, 1, 3 with a window border at 2: jumps 0, 1, 0, 2; at the border 1,
+    # elsewhere (0 + 0 + 2) / 3 -> ratio 1 / (2 / 3) = 1.5.
+    assert seam_ratio(np.array([0.0, 0.0, 1.0, 1.0, 3.0]), [[2]]) == pytest.approx(1.5)
+    # A map with a step at a border only: infinite seams -> nan guard when nothing else varies.
+    assert np.isnan(seam_ratio(np.array([0.0, 0.0, 1.0, 1.0]), [[2]]))
+    # 2-D: a seam along axis 0 only; axis 1 has no borders and smooth rows.
+    u = np.array([[0.0, 0.1], [0.0, 0.1], [0.5, 0.6]])
+    # axis 0 jumps: rows 0->1: |0|,|0| (elsewhere), rows 1->2: 0.5, 0.5 (border at 2);
+    # axis 1 jumps: 0.1 x 3 (elsewhere). border mean 0.5; elsewhere (0 + 0 + 0.3) / 5 = 0.06.
+    assert seam_ratio(u, [[2], []]) == pytest.approx(0.5 / 0.06)
+    with pytest.raises(ValueError, match="outside"):
+        seam_ratio(u, [[3], []])
