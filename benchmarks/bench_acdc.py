@@ -41,9 +41,18 @@ axis, so the through-plane voxel counts as 1 as well. Results go to
 (setting, iterations, seed, method) entries already there unless ``--force``, and an
 interrupted training resumes from its ``last.pt``.
 
+Cross-validation (``--folds K --fold i``, issue 14): all 80 shared patients (training
+and validation lists) are dealt into K folds by patient (``harness.kfold``, fixed
+seed); fold i's volumes are the report set, never trained on or used to choose
+anything. Of the other patients (list order) the first 7 are labeled, the last
+``FOLD_VALIDATION_PATIENTS`` are the validation set (the largest-component decision,
+``inference.largest_component: auto``), the rest are unlabeled. The summary adds the
+median, worst case, 5th percentile and cases under 0.5 mean Dice.
+
 Example::
 
     python benchmarks/bench_acdc.py --setting cpu --out runs/bench_acdc_cpu
+    python benchmarks/bench_acdc.py --setting cpu --folds 5 --fold 0 --methods supervised uamt ucmt_sgd --out runs/bench_acdc_cv
     python benchmarks/bench_acdc.py --setting cpu --methods supervised uamt --iterations 20 --out runs/bench_acdc_smoke
 """
 
@@ -59,6 +68,8 @@ import time
 from pathlib import Path
 
 from harness import (
+    case_summary,
+    kfold,
     Variant,
     child_env,
     iteration_rates,
@@ -74,6 +85,8 @@ from harness import (
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "ACDC"
 LABELED_PATIENTS = 7
+#: Validation patients of a cross-validation fold (from the end of the non-report patients).
+FOLD_VALIDATION_PATIENTS = 4
 CLASSES = ("right ventricle", "myocardium", "left ventricle")
 SHORT = {"right ventricle": "RV", "myocardium": "Myo", "left ventricle": "LV"}
 # Cheapest first after the three with published ACDC figures, so that an interrupted
@@ -208,6 +221,37 @@ def write_splits(data: Path, out: Path) -> tuple[Path, Path, dict]:
     return train_path, eval_path, info
 
 
+def write_fold_splits(data: Path, out: Path, folds: int, fold: int) -> tuple[Path, Path, dict]:
+    """Fold ``fold`` of ``folds`` by patient: the training split (7 labeled patients,
+    validation patients, the rest unlabeled) and the report split."""
+    spec = json.loads((data / "dataset.json").read_text())
+    absolute = [{"image": str((data / c["image"]).resolve()), "label": str((data / c["label"]).resolve())}
+                for c in [*spec["training"], *spec.get("validation", [])]]
+    rest, report = kfold(absolute, folds, fold, group=lambda c: patient_of(c["image"]))
+    patients: list[str] = []
+    for c in rest:
+        if patient_of(c["image"]) not in patients:
+            patients.append(patient_of(c["image"]))
+    if len(patients) < LABELED_PATIENTS + FOLD_VALIDATION_PATIENTS + 1:
+        raise SystemExit(f"{data}: fold {fold} of {folds} leaves {len(patients)} patients, too few")
+    labeled_ids = patients[:LABELED_PATIENTS]
+    val_ids = patients[-FOLD_VALIDATION_PATIENTS:]
+    labeled = [c for c in rest if patient_of(c["image"]) in labeled_ids]
+    validation = [c for c in rest if patient_of(c["image"]) in val_ids]
+    unlabeled = [{"image": c["image"]} for c in rest if patient_of(c["image"]) not in {*labeled_ids, *val_ids}]
+    labels = spec.get("labels", {"0": "background", "1": "right ventricle", "2": "myocardium", "3": "left ventricle"})
+    out.mkdir(parents=True, exist_ok=True)
+    train_path, eval_path = out / "dataset_train.json", out / "dataset_eval.json"
+    train_path.write_text(json.dumps({"name": f"ACDC fold {fold} of {folds} (train)", "labels": labels, "training": labeled,
+                                      "unlabeled": unlabeled, "validation": validation}, indent=1))
+    eval_path.write_text(json.dumps({"name": f"ACDC fold {fold} of {folds} (report)", "labels": labels,
+                                     "training": labeled, "validation": report}, indent=1))
+    info = {"folds": folds, "fold": fold, "labeled_patients": labeled_ids, "validation_patients": val_ids,
+            "unlabeled_volumes": len(unlabeled), "report_patients": sorted({patient_of(c["image"]) for c in report}),
+            "report_volumes": len(report)}
+    return train_path, eval_path, info
+
+
 def _train_seconds(progress: Path) -> float:
     """Seconds between each attempt's ``start`` and its last event (loop only, no caching)."""
     total, start, last = 0.0, None, None
@@ -226,7 +270,7 @@ def _train_seconds(progress: Path) -> float:
 
 
 def run_method(method: str, setting_name: str, train_split: Path, eval_split: Path, out: Path,
-               iterations: int, seed: int, threads: int, force: bool) -> dict:
+               iterations: int, seed: int, threads: int, force: bool, folded: bool = False) -> dict:
     setting = SETTINGS[setting_name]
     run = out / f"{method}-s{seed}-{iterations}it"
     if force and run.exists():
@@ -236,9 +280,11 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
     v = variant(method, VARIANTS)
     name = v.method
     params = {**method_params(name, setting, iterations), **v.resolve_params(iterations)}
+    # Cross-validation folds validate once, at the end: the largest-component decision.
     train = {**setting["train"], **v.train_overrides(METHOD_TRAIN), "seed": seed, "iterations": iterations,
-             "val_every": iterations + 1}
-    write_run_config(run, setting, train_split, out / "cache", name, params, train)
+             "val_every": iterations if folded else iterations + 1}
+    run_setting = {**setting, "inference": {**setting["inference"], **({"largest_component": "auto"} if folded else {})}}
+    write_run_config(run, run_setting, train_split, out / "cache", name, params, train)
     env = child_env(threads)
     with open(run / "stdout.jsonl", "a") as stdout, open(run / "stderr.log", "a") as stderr:
         # The peak RSS is the largest child so far in this sweep, not this method alone.
@@ -254,7 +300,10 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
     per_class = {SHORT[c]: {m: summary["classes"][c][m]["mean"] for m in ("dice", "jaccard", "hd95", "asd")}
                  for c in CLASSES}
     mean = summary["mean"]
+    per_case = {r["case"]: r["mean"]["dice"] for r in metrics["cases"]}
     return {
+        "per_case_dice": per_case,
+        "dice_summary": case_summary(list(per_case.values())),
         "method": method,
         "setting": setting_name,
         "seed": seed,
@@ -280,15 +329,22 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
     }
 
 
+def _pct(r: dict, key: str) -> str:
+    d = r.get("dice_summary") or {}
+    return f"{d[key] * 100:.1f}" if key in d else "-"
+
+
 def table(results: dict) -> str:
-    head = ("| setting | iters | seed | method | RV | Myo | LV | mean Dice % | 95HD vox | ASD vox | it/s | train min |\n"
-            "|---|---|---|---|---|---|---|---|---|---|---|---|")
+    head = ("| setting | iters | seed | method | RV | Myo | LV | mean Dice % | median | worst | 5th pct | cases < 0.5 | "
+            "95HD vox | ASD vox | it/s | train min |\n"
+            "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = [head]
     groups: dict[tuple, list[dict]] = {}
     for r in results.values():
         c = r["dice_per_class"]
         rows.append(f"| {r['setting']} | {r['iterations']} | {r['seed']} | {r['method']} | {c['RV']:.2f} | "
-                    f"{c['Myo']:.2f} | {c['LV']:.2f} | {r['dice']:.2f} | {r['hd95_vox']:.2f} | {r['asd_vox']:.2f} | "
+                    f"{c['Myo']:.2f} | {c['LV']:.2f} | {r['dice']:.2f} | {_pct(r, 'median')} | {_pct(r, 'worst')} | "
+                    f"{_pct(r, 'p5')} | {r.get('dice_summary', {}).get('under_0.5', '-')} | {r['hd95_vox']:.2f} | {r['asd_vox']:.2f} | "
                     f"{r['it_per_s'] or 0:.2f} | {r['train_minutes']:.1f} |")
         groups.setdefault((r["setting"], r["iterations"], r["method"]), []).append(r)
     multi = {k: v for k, v in groups.items() if len(v) > 1}
@@ -318,7 +374,11 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per process (OMP_NUM_THREADS); default 1")
     ap.add_argument("--force", action="store_true", help="rerun (from scratch) entries already in results.json")
     ap.add_argument("--out", type=Path, help="default: runs/bench_acdc_<setting>")
+    ap.add_argument("--folds", type=int, help="K-fold cross-validation by patient over all 80 shared patients (with --fold)")
+    ap.add_argument("--fold", type=int, help="the fold reported on, 0..K-1")
     args = ap.parse_args()
+    if (args.folds is None) != (args.fold is None):
+        raise SystemExit("--folds and --fold go together")
     out = (args.out or REPO / "runs" / f"bench_acdc_{args.setting}").resolve()
     if not (args.data / "dataset.json").exists():
         print(f"ACDC not found at {args.data}: this benchmark needs the shared datasets "
@@ -331,19 +391,25 @@ def main() -> None:
     if missing:
         raise SystemExit(f"method(s) {missing} are not registered; available: {method_names()}")
     iterations = args.iterations or SETTINGS[args.setting]["train"]["iterations"]
-    train_split, eval_split, split_info = write_splits(args.data, out)
+    fold_tag = f"/fold{args.fold}of{args.folds}" if args.folds else ""
+    results_path = out / "results.json"  # one file for every fold of a sweep
+    if args.folds:
+        out = out / f"fold{args.fold}of{args.folds}"
+        train_split, eval_split, split_info = write_fold_splits(args.data, out, args.folds, args.fold)
+    else:
+        train_split, eval_split, split_info = write_splits(args.data, out)
     print(f"split: {json.dumps(split_info)}", file=sys.stderr, flush=True)
-    results_path = out / "results.json"
     results = json.loads(results_path.read_text()) if results_path.exists() else {}
     for seed in args.seeds:
         for method in args.methods:
-            key = f"{args.setting}/{iterations}/{seed}/{method}"
+            key = f"{args.setting}/{iterations}/{seed}/{method}{fold_tag}"
             if key in results and not args.force:
                 print(f"== {key}: in {results_path}, skipped (--force reruns it)", file=sys.stderr, flush=True)
                 continue
             print(f"== {key} ({time.strftime('%H:%M:%S')})", file=sys.stderr, flush=True)
             try:
-                r = run_method(method, args.setting, train_split, eval_split, out, iterations, seed, args.threads, args.force)
+                r = run_method(method, args.setting, train_split, eval_split, out, iterations, seed, args.threads, args.force,
+                               folded=bool(args.folds))
             except subprocess.CalledProcessError as exc:
                 # Keep going: one method's failure must not cost the rest of the sweep.
                 log = out / f"{method}-s{seed}-{iterations}it" / "stderr.log"

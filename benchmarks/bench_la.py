@@ -19,9 +19,19 @@ Each method runs ``semisup train`` then ``semisup predict`` and ``semisup evalua
 subprocesses; it/s comes from the progress stream, peak RSS from the child's rusage.
 Results go to ``<out>/results.json`` and a markdown table on stdout.
 
+Cross-validation (``--folds K --fold i``, issue 14): the 80 shared cases are dealt into K
+folds (``harness.kfold``, fixed seed); fold i is the report set, never trained on and
+never used to choose anything. Of the other cases (file order) the first ``--labeled``
+are labeled, the last ``FOLD_VALIDATION`` are the validation set (the engine's
+validation, and the largest-component decision stored with the model,
+``inference.largest_component: auto``), the rest are unlabeled. Figures come from
+``last.pt`` on the report set, with mean, median, worst case, 5th percentile and the
+number of cases under 0.5 Dice.
+
 Example::
 
     python benchmarks/bench_la.py --setting cpu --labeled 16 --methods supervised uamt --out runs/bench_la_cpu
+    python benchmarks/bench_la.py --setting cpu --folds 5 --fold 0 --methods supervised uamt ucmt_sgd --out runs/bench_la_cv
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ import sys
 from pathlib import Path
 
 from harness import (
+    case_summary,
+    kfold,
     Variant,
     child_env,
     iteration_rates,
@@ -47,6 +59,8 @@ from harness import (
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
 VALIDATION_CASES = 16
+#: Validation cases of a cross-validation fold, taken from the end of the non-report cases.
+FOLD_VALIDATION = 8
 
 SETTINGS = {
     "cpu": {
@@ -100,6 +114,34 @@ def write_split(data: Path, labeled: int, out: Path) -> Path:
     return path
 
 
+def write_fold_split(data: Path, labeled: int, out: Path, folds: int, fold: int) -> tuple[Path, Path, dict]:
+    """Fold ``fold`` of ``folds``: the training split (labeled, unlabeled, validation) and
+    the report split (its ``validation`` list is the fold's report set)."""
+    spec = json.loads((data / "dataset.json").read_text())
+    absolute = [{"image": str(data / c["image"]), "label": str(data / c["label"])} for c in spec["training"]]
+    rest, report = kfold(absolute, folds, fold, group=lambda c: c["image"])
+    if len(rest) < labeled + FOLD_VALIDATION:
+        raise SystemExit(f"{data}: fold {fold} of {folds} leaves {len(rest)} cases, need {labeled + FOLD_VALIDATION}")
+    labels = spec.get("labels", {"0": "background", "1": "left atrium"})
+    split = {
+        "name": f"LA2018 {labeled} labeled, fold {fold} of {folds}",
+        "labels": labels,
+        "training": rest[:labeled],
+        "unlabeled": [{"image": c["image"]} for c in rest[labeled:-FOLD_VALIDATION]],
+        "validation": rest[-FOLD_VALIDATION:],
+    }
+    out.mkdir(parents=True, exist_ok=True)
+    train_path, report_path = out / "dataset.json", out / "dataset_report.json"
+    train_path.write_text(json.dumps(split, indent=1))
+    report_path.write_text(json.dumps({"name": f"LA2018 fold {fold} of {folds} (report)", "labels": labels,
+                                       "training": rest[:labeled], "validation": report}, indent=1))
+    name = lambda c: Path(c["image"]).name.split(".")[0]  # noqa: E731
+    info = {"folds": folds, "fold": fold, "report": [name(c) for c in report],
+            "validation": [name(c) for c in split["validation"]], "labeled": [name(c) for c in split["training"]],
+            "unlabeled": len(split["unlabeled"])}
+    return train_path, report_path, info
+
+
 def scaled(setting: dict, method: str, iterations: int | None) -> tuple[dict, dict]:
     """Train and method settings for ``iterations``: the step of the learning rate and the
     ramps ("epochs") keep the fraction of the run they have in the setting."""
@@ -115,7 +157,7 @@ def scaled(setting: dict, method: str, iterations: int | None) -> tuple[dict, di
 
 
 def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path, iterations: int | None, seed: int,
-               threads: int) -> dict:
+               threads: int, report: Path | None = None) -> dict:
     run = out / method
     run.mkdir(parents=True, exist_ok=True)
     v = variant(method, VARIANTS)
@@ -123,17 +165,23 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
     base_train, params = scaled(setting, name, iterations)
     params = {**params, **v.resolve_params(base_train["iterations"])}
     train = {**base_train, **v.train_overrides(METHOD_TRAIN), "seed": seed}
-    write_run_config(run, setting, dataset, cache, name, params, train)
+    # Cross-validation: the largest-component decision of the fold's validation cases.
+    run_setting = {**setting, "inference": {**setting["inference"], **({"largest_component": "auto"} if report else {})}}
+    write_run_config(run, run_setting, dataset, cache, name, params, train)
     env = child_env(threads)
     with open(run / "stdout.jsonl", "w") as stdout:
         train_s, peak_rss_mib = train_in_subprocess(run, env, stdout)
     rates = iteration_rates(progress_events(run / "stdout.jsonl"))
-    images = [c["image"] for c in json.loads(dataset.read_text())["validation"]]
+    report = report or dataset
+    images = [c["image"] for c in json.loads(report.read_text())["validation"]]
     # The last checkpoint, not best.pt: best.pt is selected on these same 16 cases.
-    predict_s, metrics = predict_and_evaluate(run / "checkpoints" / "last.pt", images, run / "predictions", dataset,
+    predict_s, metrics = predict_and_evaluate(run / "checkpoints" / "last.pt", images, run / "predictions", report,
                                               "validation", env)
     mean = metrics["summary"]["mean"]
+    per_case = {r["case"]: r["mean"]["dice"] for r in metrics["cases"]}
     return {
+        "per_case_dice": per_case,
+        "dice_summary": case_summary(list(per_case.values())),
         "method": method,
         "iterations": train["iterations"],
         "seed": seed,
@@ -164,26 +212,40 @@ def main() -> None:
                     "between runs, entries are keyed by file and preprocessing settings")
     # One thread per process: two benchmark processes then share 2 cores without OpenMP spinning.
     ap.add_argument("--threads", type=int, default=1, help="CPU threads per process (OMP_NUM_THREADS); default 1")
+    ap.add_argument("--folds", type=int, help="K-fold cross-validation over the shared cases (with --fold)")
+    ap.add_argument("--fold", type=int, help="the fold reported on, 0..K-1")
     args = ap.parse_args()
     args.out = args.out.resolve()
     if not (args.data / "dataset.json").exists():
         raise SystemExit(f"LA2018 not found at {args.data}: this benchmark needs the shared datasets")
-    dataset = write_split(args.data, args.labeled, args.out)
+    if (args.folds is None) != (args.fold is None):
+        raise SystemExit("--folds and --fold go together")
+    report, fold_tag, split_info = None, "", None
+    if args.folds:
+        out = args.out / f"fold{args.fold}of{args.folds}"
+        dataset, report, split_info = write_fold_split(args.data, args.labeled, out, args.folds, args.fold)
+        fold_tag = f"/fold{args.fold}of{args.folds}"
+    else:
+        out = args.out
+        dataset = write_split(args.data, args.labeled, args.out)
     results_path = args.out / "results.json"
     for method in args.methods:
         iterations = args.iterations or SETTINGS[args.setting]["train"]["iterations"]
-        key = f"{args.setting}/{args.labeled}/{method}/{iterations}"
+        key = f"{args.setting}/{args.labeled}/{method}/{iterations}" + (f"{fold_tag}/s{args.seed}" if fold_tag else "")
         print(f"== {key}", file=sys.stderr, flush=True)
-        result = run_method(method, SETTINGS[args.setting], dataset, args.out, (args.cache_dir or args.out / "cache").resolve(),
-                                  args.iterations, args.seed, args.threads)
+        result = run_method(method, SETTINGS[args.setting], dataset, out, (args.cache_dir or args.out / "cache").resolve(),
+                            args.iterations, args.seed, args.threads, report)
+        if split_info:
+            result["split"] = split_info
         merge_result(results_path, key, result)
     results = read_results(results_path)
-    print("| setting | labeled | method | iterations | Dice % | Jaccard % | 95HD mm | ASD mm | it/s | train min | peak RSS MiB |")
+    print("| key | Dice % | median | worst | 5th pct | cases < 0.5 | Jaccard % | 95HD mm | ASD mm | it/s | train min |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for key, r in results.items():
-        setting, labeled = key.split("/")[:2]
-        print(f"| {setting} | {labeled} | {r['method']} | {r.get('iterations', '')} | {r['dice']:.2f} | {r['jaccard']:.2f} | {r['hd95_mm']:.2f} | "
-              f"{r['asd_mm']:.2f} | {r['it_per_s'] or 0:.2f} | {r['train_minutes']:.1f} | {r['peak_rss_mib']:.0f} |")
+        d = r.get("dice_summary") or {}
+        pct = lambda k: f"{d[k] * 100:.1f}" if k in d else "-"  # noqa: E731
+        print(f"| {key} | {r['dice']:.2f} | {pct('median')} | {pct('worst')} | {pct('p5')} | {d.get('under_0.5', '-')} | "
+              f"{r['jaccard']:.2f} | {r['hd95_mm']:.2f} | {r['asd_mm']:.2f} | {r['it_per_s'] or 0:.2f} | {r['train_minutes']:.1f} |")
 
 
 if __name__ == "__main__":

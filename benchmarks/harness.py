@@ -180,3 +180,58 @@ def merge_result(path: Path, key: str, value: Any) -> dict[str, Any]:
     results[key] = value
     write_json(path, results)
     return results
+
+
+# ----------------------------------------------------------------------------- cross-validation
+
+
+#: Seed of the fold assignment: fixed, so every method and seed of a sweep sees the same folds.
+FOLD_SEED = 0
+
+
+def kfold(items: list[Any], k: int, fold: int, group: Any = None, seed: int = FOLD_SEED) -> tuple[list[Any], list[Any]]:
+    """K-fold split of ``items`` by group: ``(rest, report)`` for fold ``fold`` of ``k``.
+
+    Items of one group (``group(item)``, e.g. an ACDC patient; default the item itself)
+    always land in the same fold. Groups are shuffled with a fixed seed, then dealt
+    round-robin, so fold sizes differ by at most one group; over ``fold = 0..k-1`` the
+    report sets are disjoint and cover every item. Both lists keep ``items``' order.
+    """
+    if not 2 <= k <= len(items):
+        raise ValueError(f"--folds must be between 2 and the number of cases ({len(items)}), got {k}")
+    if not 0 <= fold < k:
+        raise ValueError(f"--fold must be in 0..{k - 1}, got {fold}")
+    key = group or (lambda x: x)
+    groups: list[Any] = []
+    for item in items:
+        g = key(item)
+        if g not in groups:
+            groups.append(g)
+    if len(groups) < k:
+        raise ValueError(f"{len(groups)} groups cannot fill {k} folds")
+    order = list(groups)
+    import random
+
+    random.Random(seed).shuffle(order)
+    report_groups = set(order[fold::k])
+    report = [x for x in items if key(x) in report_groups]
+    rest = [x for x in items if key(x) not in report_groups]
+    return rest, report
+
+
+def case_summary(values: list[float]) -> dict[str, float]:
+    """What a user of the next case cares about: mean, median, worst case, 5th percentile
+    (numpy's linear interpolation) and the number of cases under 0.5."""
+    import numpy as np
+
+    v = np.asarray(values, dtype=np.float64)
+    if v.size == 0:
+        raise ValueError("no cases to summarise")
+    return {
+        "mean": float(v.mean()),
+        "median": float(np.median(v)),
+        "worst": float(v.min()),
+        "p5": float(np.percentile(v, 5)),
+        "under_0.5": int((v < 0.5).sum()),
+        "cases": int(v.size),
+    }

@@ -75,3 +75,19 @@ def test_variants_build_valid_params_of_their_method(bench):
         params = build_params(METHODS[variant.method].Params, raw, name)
         for key, value in overrides.items():
             assert getattr(params, key) == value
+
+
+def test_fold_splits_by_patient_report_on_unseen_patients(bench, tmp_path):
+    patients = [f"patient{n:03d}" for n in range(1, 19)]  # 18 + 2 validation-list patients = 20
+    data = _dataset(tmp_path, patients)
+    reported: list[str] = []
+    for fold in range(5):
+        train, evaluate, info = bench.write_fold_splits(data, tmp_path / f"f{fold}", 5, fold)
+        split, report = json.loads(train.read_text()), json.loads(evaluate.read_text())
+        seen = {bench.patient_of(c["image"]) for k in ("training", "unlabeled", "validation") for c in split[k]}
+        rep = {bench.patient_of(c["image"]) for c in report["validation"]}
+        assert len(rep) == 4 and seen.isdisjoint(rep) and len(seen | rep) == 20  # by patient, nothing lost
+        assert len(info["labeled_patients"]) == 7 and len(info["validation_patients"]) == bench.FOLD_VALIDATION_PATIENTS
+        assert {bench.patient_of(c["image"]) for c in split["training"]} == set(info["labeled_patients"])
+        reported += sorted(rep)
+    assert len(reported) == len(set(reported)) == 20  # disjoint and covering

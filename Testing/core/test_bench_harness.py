@@ -31,3 +31,32 @@ def test_merge_result_keeps_what_another_sweep_wrote(harness, tmp_path):
     harness.write_json(path, {**harness.read_results(path), "b": 2})  # another invocation writes meanwhile
     assert harness.merge_result(path, "c", 3) == {"a": 1, "b": 2, "c": 3}
     assert not list(tmp_path.glob(".*.tmp"))
+
+
+def test_kfold_is_deterministic_disjoint_covering_and_keeps_groups(load_script):
+    harness = load_script("harness")
+    items = [f"p{i // 2:02d}_f{i % 2}" for i in range(22)]  # 11 patients x 2 frames
+    patient = lambda s: s.split("_")[0]  # noqa: E731
+    reports = [harness.kfold(items, 5, f, group=patient)[1] for f in range(5)]
+    assert reports == [harness.kfold(items, 5, f, group=patient)[1] for f in range(5)]  # deterministic
+    flat = [x for r in reports for x in r]
+    assert sorted(flat) == sorted(items) and len(flat) == len(set(flat))  # covering, disjoint
+    for f, report in enumerate(reports):
+        rest, rep = harness.kfold(items, 5, f, group=patient)
+        assert set(rest).isdisjoint(rep) and len(rest) + len(rep) == len(items)
+        assert {patient(x) for x in rep}.isdisjoint({patient(x) for x in rest})  # a patient never split
+        assert rep == [x for x in items if x in rep]  # list order kept
+    # 11 patients in 5 folds: 3, 2, 2, 2, 2 patients.
+    assert sorted(len(r) for r in reports) == [4, 4, 4, 4, 6]
+    with pytest.raises(ValueError, match="--fold"):
+        harness.kfold(items, 5, 5)
+    with pytest.raises(ValueError, match="--folds"):
+        harness.kfold(items[:3], 5, 0)
+
+
+def test_case_summary_hand_computed(load_script):
+    harness = load_script("harness")
+    s = harness.case_summary([0.9, 0.8, 0.3, 0.7, 0.1])
+    # sorted 0.1 0.3 0.7 0.8 0.9: mean 2.8 / 5 = 0.56, median 0.7, worst 0.1,
+    # p5: position 0.05 x 4 = 0.2 between 0.1 and 0.3 -> 0.1 + 0.2 x 0.2 = 0.14; two under 0.5.
+    assert s == pytest.approx({"mean": 0.56, "median": 0.7, "worst": 0.1, "p5": 0.14, "under_0.5": 2, "cases": 5})

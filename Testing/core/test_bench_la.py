@@ -52,3 +52,20 @@ def test_every_method_and_variant_has_valid_params(bench):
             v = bench.variant(method, bench.VARIANTS)
             raw = {**bench.scaled(setting, v.method, 1000)[1], **v.resolve_params(1000)}
             build_params(METHODS[v.method].Params, raw, method)
+
+
+def test_fold_split_reports_on_unseen_cases_and_covers_all(bench, tmp_path):
+    cases = [{"image": f"./imagesTr/c{i:02d}.nrrd", "label": f"./labelsTr/c{i:02d}.nrrd"} for i in range(40)]
+    (tmp_path / "dataset.json").write_text(json.dumps({"training": cases}))
+    reported = []
+    for fold in range(5):
+        train_path, report_path, info = bench.write_fold_split(tmp_path, 8, tmp_path / f"f{fold}", 5, fold)
+        train, report = json.loads(train_path.read_text()), json.loads(report_path.read_text())
+        names = {k: {Path(c["image"]).name for c in train[k]} for k in ("training", "unlabeled", "validation")}
+        rep = {Path(c["image"]).name for c in report["validation"]}
+        assert len(rep) == 8 and len(names["training"]) == 8 and len(names["validation"]) == bench.FOLD_VALIDATION
+        # The report set is in no list the training sees, validation (choices) included.
+        assert all(rep.isdisjoint(v) for v in names.values())
+        assert len(set().union(*names.values(), rep)) == 40  # every case used once
+        reported += sorted(rep)
+    assert sorted(reported) == sorted(Path(c["image"]).name for c in cases)  # the folds cover the cases
