@@ -127,6 +127,13 @@ class TrainConfig:
     channels_last: bool = True
     amp_cpu: bool = False
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
+    # Reproducible training (issue 14): deterministic kernels where PyTorch has them
+    # (torch.use_deterministic_algorithms, cuDNN without autotuning). Runs are then
+    # bit-identical for one seed, machine and thread count; a different thread count
+    # changes the order of floating-point sums in the CPU convolutions, so fix `threads`
+    # too (docs/benchmarks.md, "Reproducible training").
+    deterministic: bool = False
+    threads: int | None = None  # torch CPU threads for this run; None keeps the process default
     val_every: int = 200
     checkpoint_every: int = 100
     log_every: int = 10
@@ -222,6 +229,8 @@ class RunConfig:
                 raise ConfigError(f"{source}: {key} must be >= {lowest}, got {value}")
         if not (t.lr > 0 and math.isfinite(t.lr)):
             raise ConfigError(f"{source}: train.lr must be a positive number, got {t.lr}")
+        if t.threads is not None and (not isinstance(t.threads, int) or isinstance(t.threads, bool) or t.threads < 1):
+            raise ConfigError(f"{source}: train.threads must be a positive integer or null, got {t.threads!r}")
         if t.optimizer not in ("sgd", "adamw", "adam"):
             raise ConfigError(f"{source}: train.optimizer must be sgd, adam or adamw, got {t.optimizer!r}")
         if t.lr_schedule not in ("step", "poly", "constant"):

@@ -18,7 +18,8 @@ import random
 import signal
 import threading
 import time
-from contextlib import nullcontext
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -91,6 +92,34 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+@contextmanager
+def reproducible(deterministic: bool, threads: int | None) -> Iterator[None]:
+    """Deterministic kernels and a fixed CPU thread count for the duration of a run.
+
+    The process-wide switches are restored on exit (a front end may train twice).
+    ``CUBLAS_WORKSPACE_CONFIG`` is what cuBLAS needs for deterministic matrix products
+    (PyTorch's reproducibility notes); it only takes effect before CUDA starts.
+    """
+    old_threads = torch.get_num_threads()
+    old_det = torch.are_deterministic_algorithms_enabled()
+    old_warn = torch.is_deterministic_algorithms_warn_only_enabled()
+    old_bench, old_cudnn_det = torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic
+    try:
+        if threads:
+            torch.set_num_threads(int(threads))
+        if deterministic:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+            # warn_only: an op without a deterministic kernel warns instead of stopping the run.
+            torch.use_deterministic_algorithms(True, warn_only=True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+        yield
+    finally:
+        torch.set_num_threads(old_threads)
+        torch.use_deterministic_algorithms(old_det, warn_only=old_warn)
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = old_bench, old_cudnn_det
+
+
 class Trainer:
     """Train ``cfg.method`` on ``cfg.data.dataset`` into ``run_dir``.
 
@@ -154,7 +183,8 @@ class Trainer:
             if int(os.environ.get("RANK", "0")) == 0:  # a request left by an attempt killed before it stopped; the lock is ours
                 self.cancel_file.unlink(missing_ok=True)
             self.prepare()
-            return self._fit()
+            with reproducible(self.cfg.train.deterministic, self.cfg.train.threads):
+                return self._fit()
         finally:
             lock.release()
 
