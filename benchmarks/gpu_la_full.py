@@ -130,7 +130,7 @@ def main() -> None:
         calibration, reserve = CALIBRATION_ITERATIONS, SCORING_RESERVE_S
     # Training sees no validation list: the report set is never evaluated, let alone chosen on, during training.
     split = json.loads(Path(dataset).read_text())
-    train_split = out / "dataset_train.json"
+    train_split = Path(dataset).parent / "dataset_train.json"  # beside it: relative paths stay valid
     train_split.write_text(json.dumps({k: v for k, v in split.items() if k != "validation"}, indent=1))
     cfg_raw = _config(train_split, out / "cache", args.smoke, device)
 

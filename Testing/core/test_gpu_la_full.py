@@ -21,4 +21,4 @@ def test_smoke_runs_on_the_cpu(tmp_path) -> None:
     assert result["report_cases"] == 2 and 0.0 <= result["dice_mean"] <= 1.0
     assert result["mc_inference_seconds_one_volume"] > 0 and result["volume_shape"] == [32, 32, 16]
     # The report cases were never a validation list of the training run.
-    assert "validation" not in json.loads((tmp_path / "dataset_train.json").read_text())
+    assert "validation" not in json.loads((tmp_path / "data" / "dataset_train.json").read_text())
