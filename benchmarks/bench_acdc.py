@@ -74,6 +74,7 @@ from harness import (
     child_env,
     iteration_rates,
     merge_result,
+    pooled_folds,
     predict_and_evaluate,
     progress_events,
     read_results,
@@ -420,7 +421,18 @@ def main() -> None:
             merge_result(results_path, key, r)
             print(f"== {key}: Dice {r['dice']:.2f}, {r['train_minutes']:.1f} min, {r['it_per_s'] or 0:.2f} it/s",
                   file=sys.stderr, flush=True)
-    print(table(read_results(results_path)))
+    results = read_results(results_path)
+    print(table(results))
+    pooled = pooled_folds(results)
+    if pooled:
+        print("\nFolds pooled (each volume once, mean over seeds; paired Wilcoxon vs supervised):\n")
+        print("| method | volumes | mean Dice % | median | worst | 5th pct | < 0.5 | vs supervised: better, mean diff, p |")
+        print("|---|---|---|---|---|---|---|---|")
+        for method, r in pooled.items():
+            vs = r.get("vs_baseline")
+            cmp = f"{vs['better']}/{vs['cases']}, {vs['mean_difference'] * 100:+.2f}, p = {vs['p']:.3g}" if vs else "-"
+            print(f"| {method} | {r['cases']} | {r['mean'] * 100:.2f} | {r['median'] * 100:.1f} | {r['worst'] * 100:.1f} | "
+                  f"{r['p5'] * 100:.1f} | {r['under_0.5']} | {cmp} |")
 
 
 if __name__ == "__main__":

@@ -47,6 +47,39 @@ def label_path(image: str) -> Path:
     return p.parent.parent / "labelsTr" / p.name
 
 
+def save_figure(out: Path, case: str, borders: list[list[int]], png: Path) -> None:
+    """Entropy before (constant blending, masks per window) and after (Gaussian, shared
+    masks) on one axial slice, window borders dotted."""
+    import numpy as np
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    image = np.load(out / f"{case}_image.npy")
+    maps = {k: np.load(out / f"{case}_{k}_entropy.npy") for k in ("constant_independent", "gaussian_shared")}
+    z = image.shape[2] // 2
+    vmax = max(float(m[:, :, z].max()) for m in maps.values())
+    fig = Figure(figsize=(10, 3.6), dpi=110)
+    FigureCanvasAgg(fig)
+    titles = {"constant_independent": "before: constant blending,\nmasks drawn per window",
+              "gaussian_shared": "after: Gaussian blending,\nmasks shared by all windows"}
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(image[:, :, z].T, cmap="gray", origin="lower")
+    axes[0].set_title(f"{case}, z = {z} (1.25 mm grid)", fontsize=9)
+    for ax, (key, m) in zip(axes[1:], maps.items()):
+        im = ax.imshow(m[:, :, z].T, cmap="inferno", vmin=0, vmax=vmax, origin="lower")
+        for b in borders[0]:
+            ax.axvline(b - 0.5, color="cyan", lw=0.5, ls=":")
+        for b in borders[1]:
+            ax.axhline(b - 0.5, color="cyan", lw=0.5, ls=":")
+        ax.set_title(titles[key], fontsize=9)
+    fig.colorbar(im, ax=axes[1:], shrink=0.8, label="entropy (nats)")
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(png, bbox_inches="tight")
+
+
 def main() -> None:
     import numpy as np
     import torch
@@ -68,6 +101,7 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, help="default: the run's inference.overlap")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "predict_options")
+    ap.add_argument("--figure", type=Path, help="PNG of the first case's entropy before/after (e.g. docs/images/seams.png)")
     args = ap.parse_args()
     torch.set_num_threads(1)
     model = load_trained(args.checkpoint, "cpu")
@@ -139,6 +173,8 @@ def main() -> None:
                                                    "split": args.split, "cases": [r["case"] for r in rows],
                                                    "overlap": overlap, "summary": summary, "per_case": rows})
     print(json.dumps(summary, indent=1))
+    if args.figure and rows:
+        save_figure(args.out, rows[0]["case"], window_borders(rows[0]["grid"], roi, overlap), args.figure)
 
 
 if __name__ == "__main__":

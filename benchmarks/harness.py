@@ -235,3 +235,35 @@ def case_summary(values: list[float]) -> dict[str, float]:
         "under_0.5": int((v < 0.5).sum()),
         "cases": int(v.size),
     }
+
+
+def pooled_folds(results: dict[str, dict[str, Any]], baseline: str = "supervised") -> dict[str, dict[str, Any]]:
+    """Per method, the per-case Dice of every fold pooled (mean over seeds per case),
+    its :func:`case_summary`, and the paired Wilcoxon test against ``baseline`` over
+    the cases both have. ``results`` values need ``method``, ``per_case_dice`` and a
+    ``split`` with ``folds`` (other entries are ignored)."""
+    from scipy.stats import wilcoxon
+
+    per_method: dict[str, dict[str, list[float]]] = {}
+    for r in results.values():
+        if not (r.get("split") or {}).get("folds") or "per_case_dice" not in r:
+            continue
+        cases = per_method.setdefault(r["method"], {})
+        for case, dice in r["per_case_dice"].items():
+            cases.setdefault(case, []).append(float(dice))
+    means = {m: {c: sum(v) / len(v) for c, v in cases.items()} for m, cases in per_method.items()}
+    out: dict[str, dict[str, Any]] = {}
+    for method, cases in means.items():
+        row: dict[str, Any] = {**case_summary(list(cases.values())), "seeds_per_case": max(len(v) for v in per_method[method].values())}
+        base = means.get(baseline)
+        if base is not None and method != baseline:
+            common = sorted(set(cases) & set(base))
+            diffs = [cases[c] - base[c] for c in common]
+            row["vs_baseline"] = {
+                "cases": len(common),
+                "better": sum(d > 0 for d in diffs),
+                "mean_difference": sum(diffs) / len(diffs) if diffs else float("nan"),
+                "p": float(wilcoxon(diffs).pvalue) if any(diffs) else 1.0,
+            }
+        out[method] = row
+    return out

@@ -60,3 +60,23 @@ def test_case_summary_hand_computed(load_script):
     # sorted 0.1 0.3 0.7 0.8 0.9: mean 2.8 / 5 = 0.56, median 0.7, worst 0.1,
     # p5: position 0.05 x 4 = 0.2 between 0.1 and 0.3 -> 0.1 + 0.2 x 0.2 = 0.14; two under 0.5.
     assert s == pytest.approx({"mean": 0.56, "median": 0.7, "worst": 0.1, "p5": 0.14, "under_0.5": 2, "cases": 5})
+
+
+def test_pooled_folds_pairs_cases_across_folds(load_script):
+    harness = load_script("harness")
+    split = {"folds": 2}
+    results = {
+        "sup/f0": {"method": "supervised", "split": split, "per_case_dice": {"a": 0.5, "b": 0.6}},
+        "sup/f1": {"method": "supervised", "split": split, "per_case_dice": {"c": 0.7}},
+        "new/f0/s1": {"method": "uamt", "split": split, "per_case_dice": {"a": 0.6, "b": 0.7}},
+        "new/f0/s2": {"method": "uamt", "split": split, "per_case_dice": {"a": 0.8, "b": 0.5}},
+        "new/f1": {"method": "uamt", "split": split, "per_case_dice": {"c": 0.9}},
+        "single-split": {"method": "uamt", "per_case_dice": {"z": 0.0}},  # not a fold: left out
+    }
+    pooled = harness.pooled_folds(results)
+    # uamt per case: a = (0.6 + 0.8) / 2 = 0.7, b = 0.6, c = 0.9 -> differences 0.2, 0.0, 0.2.
+    assert pooled["uamt"]["cases"] == 3 and pooled["uamt"]["seeds_per_case"] == 2
+    assert pooled["uamt"]["mean"] == pytest.approx((0.7 + 0.6 + 0.9) / 3)
+    vs = pooled["uamt"]["vs_baseline"]
+    assert vs["cases"] == 3 and vs["better"] == 2 and vs["mean_difference"] == pytest.approx(0.4 / 3)
+    assert "vs_baseline" not in pooled["supervised"]
