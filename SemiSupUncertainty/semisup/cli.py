@@ -87,6 +87,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--save-probabilities", action="store_true", default=None, help="also write class probabilities")
     p.add_argument("--largest-component", action="store_true", help="keep the largest connected component per class")
     p.add_argument("--seed", type=int, help="seed of the MC-dropout draws (default: the run's inference.seed)")
+    p.add_argument("--flip-axes", type=int, nargs="*", metavar="AXIS",
+                   help="test-time flips along these image axes (0 x, 1 y, 2 z; every combination is averaged)")
     progress_flag(p)
     p.set_defaults(func=_command("predict"))
 

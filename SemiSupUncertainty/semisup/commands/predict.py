@@ -26,6 +26,9 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
         model.cfg.inference.largest_component = True
     if getattr(args, "seed", None) is not None:
         model.cfg.inference.seed = int(args.seed)
+    if getattr(args, "flip_axes", None) is not None:
+        model.cfg.inference.flip_axes = [int(a) for a in args.flip_axes]
+        model.cfg.validate(str(ckpt))  # axes outside the image: a clear message, exit 2
     try:
         predict_files(model, args.input, out, mc_samples=args.mc_samples, save_probabilities=args.save_probabilities, emit=emit)
     except OSError as exc:
