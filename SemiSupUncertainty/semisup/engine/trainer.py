@@ -433,10 +433,11 @@ class Trainer:
         return 1.0
 
     def _validate(self, method, val_cases, spec, device, amp_dtype) -> tuple[float, dict[str, float]]:
-        from .predict import largest_component_classes, predict_array
+        from .predict import predict_array
 
         method.eval()
-        fixed = largest_component_classes(self.cfg, spec.num_classes, None)
+        # Forced on (true) applies here too; "auto" is decided from these very predictions.
+        fixed = list(range(1, spec.num_classes)) if self.cfg.inference.largest_component is True else []
         scores, with_lcc = [], []
         for case in val_cases:
             out = predict_array(
