@@ -176,12 +176,15 @@ def plan_from_fingerprint(fp: Fingerprint, budget_minutes: float | None = None, 
                 "recipe (AdamW 1e-4, EMA 0.999) lost (74.5) at this budget"
             )
     if dims == 3:
+        # The LA2018 benchmark's UCMT scaling: "epochs" of iterations / 40 (50 at 2000).
         params["iterations_per_epoch"] = max(1, iterations // 40) if method == "ucmt" else None
         train.setdefault("lr_schedule", "step")
         train.setdefault("lr_step", max(1, round(iterations * 2500 / 6000)))
         reasons["train.schedule"] = "SGD 0.01, x0.1 at 5/12 of the run (UA-MT: 2500 of 6000)"
     else:
-        params["iterations_per_epoch"] = max(1, iterations // 200) if method == "ucmt" else None
+        if method == "ucmt":  # the ACDC benchmark's scaling of UCMT's code: lambda ramp over 1/60 of the run
+            params["iterations_per_epoch"] = max(1, iterations // 300)
+            params["rampup_epochs"] = iterations / 60 / params["iterations_per_epoch"]
         train.setdefault("lr_schedule", "poly")
         reasons["train.schedule"] = "SGD 0.01, poly (SSL4MIS)"
     params = {k: v for k, v in params.items() if v is not None}
