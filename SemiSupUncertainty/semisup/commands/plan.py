@@ -55,11 +55,13 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
                                  ("gpu" if args.device.startswith("cuda") else "cpu"))
     text = plan_yaml(plan, fp)
     output = args.output
+    fp_path = None
     if output is None:
         sys.stdout.write(text)
     else:
         _atomic_write(Path(output), text)
-        _atomic_write(Path(output).with_name(Path(output).stem + "_fingerprint.json"), json.dumps(fp.to_dict(), indent=1))
-    emit("plan", config=str(output) if output else None, budget=plan.budget, method=plan.config.method.name,
-         iterations=plan.config.train.iterations, fingerprint=fp.to_dict())
+        fp_path = Path(output).with_name(Path(output).stem + "_fingerprint.json")
+        _atomic_write(fp_path, json.dumps(fp.to_dict(), indent=1))
+    emit("plan", config=str(output) if output else None, fingerprint=str(fp_path) if fp_path else None,
+         budget=plan.budget, method=plan.config.method.name, iterations=plan.config.train.iterations)
     return EXIT_OK

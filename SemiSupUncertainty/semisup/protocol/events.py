@@ -240,6 +240,7 @@ register_event(
     cases=("int", "volumes to predict"),
     mc_samples=("int", "MC-dropout samples"),
     device=("str", "torch device"),
+    mc_seed=("int", "seed of the dropout draws (inference.seed); also in scores.json, settings"),
 )
 register_event(
     "predicted", "one volume predicted",
@@ -255,6 +256,14 @@ register_event(
     scores_csv=("str", "the scores table; null when none was written"),
     seconds=("float", "wall time"),
     failed=("str_list", "inputs that failed (the command then exits 2)"),
+)
+register_event(
+    "plan", "semisup plan wrote a configuration",
+    config=("str", "the YAML written; null when printed to stdout"),
+    fingerprint=("str", "the fingerprint JSON written beside it; null with stdout"),
+    budget=("str", "cpu or gpu"),
+    method=("str", "the planned method"),
+    iterations=("int", "the planned training iterations"),
 )
 register_event(
     "comparison", "a paired comparison of two evaluated runs",
