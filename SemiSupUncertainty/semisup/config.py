@@ -41,6 +41,8 @@ class ConfigError(ValueError):
 #: downsamplings). Kept here, free of torch, so front ends validate configs instantly;
 #: networks/factory.py checks its classes agree.
 NETWORK_DIVISORS: dict[str, int] = {"vnet": 16, "unet2d": 16, "unet3d": 16}
+#: Values of the hardware-dependent switches train.channels_last and train.amp_cpu.
+SWITCH_VALUES: tuple[str | bool, ...] = ("auto", True, False)
 
 
 @dataclass
@@ -120,12 +122,14 @@ class TrainConfig:
     lr_gamma: float = 0.1
     seed: int = 1337
     amp: bool = True  # only takes effect on CUDA
-    # Issue 6 perf switches, measured in docs/benchmarks.md ("Speed and memory"):
-    # channels-last (NDHWC) 3D weights, the layout oneDNN/cuDNN convolutions are fastest in
-    # (CPU step 1.4-1.5x); bf16 autocast on the CPU, worth it only on CPUs with native bf16
-    # (AVX512-BF16/AMX: a further 1.3-1.7x), slower elsewhere, hence off by default.
-    channels_last: bool = True
-    amp_cpu: bool = False
+    # Perf switches, measured in docs/benchmarks.md ("Speed and memory"), each
+    # "auto" (default), true or false (SWITCH_VALUES). channels-last (NDHWC) 3D
+    # weights, the layout oneDNN/cuDNN convolutions are fastest in: "auto" = on with
+    # CUDA and on x86 CPUs with AVX2/AVX-512 kernels. bf16 autocast on the CPU: fast
+    # only with native bf16 (AMX or AVX512-BF16), emulated and slower elsewhere, so
+    # "auto" = on exactly there (engine/device.py: training_switches).
+    channels_last: bool | str = "auto"
+    amp_cpu: bool | str = "auto"
     device: str = "auto"  # "auto", "cpu", "cuda", "cuda:1"
     # Reproducible training (issue 14): deterministic kernels where PyTorch has them
     # (torch.use_deterministic_algorithms, cuDNN without autotuning). Runs are then
@@ -236,6 +240,9 @@ class RunConfig:
             raise ConfigError(f"{source}: train.optimizer must be sgd, adam or adamw, got {t.optimizer!r}")
         if t.lr_schedule not in ("step", "poly", "constant"):
             raise ConfigError(f"{source}: train.lr_schedule must be step, poly or constant, got {t.lr_schedule!r}")
+        for key in ("channels_last", "amp_cpu"):
+            if getattr(t, key) not in SWITCH_VALUES:
+                raise ConfigError(f"{source}: train.{key} must be auto, true or false, got {getattr(t, key)!r}")
         if i.mc_samples < 1:
             raise ConfigError(f"{source}: inference.mc_samples must be >= 1, got {i.mc_samples}")
         if not 0.0 <= i.overlap < 1.0:

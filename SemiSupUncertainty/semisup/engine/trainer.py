@@ -35,7 +35,7 @@ from ..methods import Method, build_method
 from ..inference.predictor import largest_connected_component
 from ..measure.metrics import dice_per_class, evaluate_case
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
-from .device import autocast_dtype, describe_device, resolve_device
+from .device import describe_device, resolve_device, training_switches
 from .distributed import init_distributed
 from .memory import check_training_memory, oom_error, peak_memory_gib
 from .events import Emitter
@@ -213,13 +213,14 @@ class Trainer:
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if ddp.is_main:  # only once every check passed: a refused start changes nothing
             save_config(cfg, self.run_dir / "config.yaml")
-        if cfg.train.channels_last and cfg.data.spatial_dims == 3:  # issue 6 perf switch
+        # channels-last and autocast precision follow the hardware unless set (issue 19).
+        switches = training_switches(device, cfg.train.channels_last, cfg.train.amp_cpu, amp_cuda=cfg.train.amp)
+        log.info("training switches: %s", switches.reason)
+        if switches.channels_last and cfg.data.spatial_dims == 3:
             method.to(memory_format=torch.channels_last_3d)
         optimizer = self._optimizer(method)
         scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, self._lr_factor)
-        amp_dtype = autocast_dtype(device) if cfg.train.amp else None
-        if amp_dtype is None and device.type == "cpu" and cfg.train.amp_cpu:  # issue 6 perf switch
-            amp_dtype = torch.bfloat16
+        amp_dtype = switches.amp_dtype
         scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
         start_it, best_dice = 0, -1.0
