@@ -665,7 +665,7 @@ def ucmt_side_by_side(mods, setting: dict, variants: list[str], device, args) ->
                 net.eval(), ours_net.eval()
                 diffs[name] = float((net(x)["out"] - ours_net(x)).abs().max())
                 net.train(), ours_net.train()
-        snapshot = copy.deepcopy(theirs)  # the check's steps must not move the timed networks
+        snapshot = copy.deepcopy(theirs, memo={id(theirs.m): theirs.m})  # the check's steps must not move the timed networks
         first_theirs = snapshot.step(labeled["image"], labeled["label"], unlabeled["image"], it)
         first_ours = OurStep(method, "ucmt", "fp32", device).step(labeled, unlabeled, it, sync_logs=True)
         ok = max(diffs.values()) <= 1e-4 * max(1.0, float(x.abs().max()))
