@@ -45,11 +45,15 @@ def update_ema(
         weights = [1.0 / len(students)] * len(students)
     if len(weights) != len(students):
         raise ValueError(f"{len(students)} students but {len(weights)} EMA weights")
-    t_params = list(teacher.parameters())
-    s_params = [list(s.parameters()) for s in students]
-    for i, tp in enumerate(t_params):
-        mixed = sum(w * sp[i].detach() for w, sp in zip(weights, s_params))
-        tp.mul_(decay).add_(mixed, alpha=1.0 - decay)
+    t_params = [tp.detach() for tp in teacher.parameters()]
+    s_params = [[sp.detach() for sp in s.parameters()] for s in students]
+    with torch.no_grad():
+        # One fused update per list (torch._foreach_*), not two kernels and a
+        # temporary per tensor: the mixed student, then theta_T + (1 - decay)(mix - theta_T).
+        mixed = s_params[0] if weights[0] == 1.0 else torch._foreach_mul(s_params[0], weights[0])
+        for w, sp in zip(weights[1:], s_params[1:]):
+            mixed = torch._foreach_add(mixed, sp, alpha=w)
+        torch._foreach_lerp_(t_params, mixed, 1.0 - decay)
     if buffers == "own":
         return
     if buffers != "average":

@@ -19,7 +19,15 @@ from .ema import init_teacher, update_ema
 from .losses import masked_mse, supervised_loss
 from .ramps import consistency_weight, ema_decay, sigmoid_rampup
 
-__all__ = ["UAMT", "MeanTeacher", "UAMTParams", "MeanTeacherParams", "uncertainty_threshold", "add_clamped_noise"]
+__all__ = [
+    "UAMT",
+    "MeanTeacher",
+    "UAMTParams",
+    "MeanTeacherParams",
+    "uncertainty_threshold",
+    "add_clamped_noise",
+    "teacher_copies_per_pass",
+]
 
 
 @dataclass
@@ -49,6 +57,12 @@ class UAMTParams:
     consistency_start: int = 0
     # BatchNorm buffers of the teacher: "average" (EMA, default) or "own" (reference code).
     ema_buffers: str = "average"
+    # Copies of the consistency batch per teacher forward (of the 1 + T noisy copies).
+    # None follows the device: all in one forward on CUDA (fewer, larger kernels), one
+    # copy per forward on the CPU, where activations of a small batch stay in cache
+    # (measured 1.6x faster teacher passes at 64 x 64 x 32, docs/benchmarks.md). Each
+    # forward is its own BatchNorm batch, as each of the UA-MT code's teacher passes.
+    teacher_copies_per_pass: int | None = None
 
 
 @dataclass
@@ -59,6 +73,15 @@ class MeanTeacherParams(UAMTParams):
 def add_clamped_noise(x: torch.Tensor, std: float, clip: float) -> torch.Tensor:
     """``x + clamp(N(0, std), -clip, clip)`` (UA-MT teacher perturbation)."""
     return x + torch.clamp(torch.randn_like(x) * std, -clip, clip)
+
+
+def teacher_copies_per_pass(setting: int | None, samples: int, device: torch.device) -> int:
+    """Copies per teacher forward: ``setting``, or all ``samples`` on CUDA and 1 elsewhere."""
+    if setting is None:
+        return samples if device.type == "cuda" else 1
+    if setting < 1:
+        raise ValueError(f"teacher_copies_per_pass must be >= 1 or None, got {setting}")
+    return min(int(setting), samples)
 
 
 def uncertainty_threshold(step: int, max_steps: int, num_classes: int, start: float, u_max: str) -> float:
@@ -100,8 +123,10 @@ class UAMT(Method):
         samples = 1 + (p.mc_samples if self.use_uncertainty_mask else 0)
         b = x.shape[0]
         stacked = add_clamped_noise(x.repeat(samples, *([1] * (x.ndim - 1))), p.noise_std, p.noise_clip)
+        copies = teacher_copies_per_pass(p.teacher_copies_per_pass, samples, x.device)
         with torch.no_grad():
-            probs = torch.softmax(self.teacher(stacked).float(), dim=1)
+            logits = [self.teacher(chunk) for chunk in stacked.split(copies * b)]
+            probs = torch.softmax(torch.cat(logits).float() if len(logits) > 1 else logits[0].float(), dim=1)
         target = probs[:b]
         if not self.use_uncertainty_mask:
             return target, None
