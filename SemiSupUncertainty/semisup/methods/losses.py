@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from monai.losses import DiceLoss
 
-__all__ = ["DICE_SMOOTH", "soft_dice_loss", "supervised_loss", "masked_mse"]
+__all__ = ["DICE_SMOOTH", "soft_dice_loss", "supervised_loss", "masked_mse", "class_argmax"]
 
 #: Dice smoothing in numerator and denominator (UA-MT code ``losses.dice_loss``).
 DICE_SMOOTH = 1e-5
@@ -57,3 +57,20 @@ def masked_mse(p_student: torch.Tensor, p_teacher: torch.Tensor, mask: torch.Ten
         return dist.mean()
     channels = p_student.shape[1]
     return (mask * dist).sum() / (channels * mask.sum() + 1e-16)
+
+
+def class_argmax(logits: torch.Tensor, keepdim: bool = False) -> torch.Tensor:
+    """``logits.argmax(dim=1)`` as ``C - 1`` elementwise comparisons.
+
+    On the CPU ``torch.argmax`` over the channel axis of a contiguous ``(B, C, *)``
+    tensor reduces along a strided axis, about 90 ms for 4 x 2 x 64 x 64 x 32 on one
+    core; comparing the class maps one by one is vectorised over the voxels. Ties
+    go to the lower class, as with ``argmax``.
+    """
+    best = logits[:, 0]
+    index = torch.zeros_like(best, dtype=torch.long)
+    for c in range(1, logits.shape[1]):
+        better = logits[:, c] > best
+        index = torch.where(better, c, index)
+        best = torch.where(better, logits[:, c], best)
+    return index.unsqueeze(1) if keepdim else index
