@@ -308,8 +308,11 @@ def test_training_step_is_the_two_step_ucmt_loss():
         return soft_dice_loss(logits, target, include_background=True, batch=False)
 
     x = torch.cat([x_l, x_u])
+    def parts(net, images):  # on the CPU labeled and unlabeled rows are separate forwards (separate_forwards)
+        return torch.cat([net(images[:2]), net(images[2:])])
+
     with torch.no_grad():  # same inputs, train-mode BatchNorm: the same outputs again
-        s1, s2, t = m.student1(x), m.student2(x), m.teacher(x)
+        s1, s2, t = parts(m.student1, x), parts(m.student2, x), parts(m.teacher, x)
         y0 = t.argmax(1, keepdim=True)
 
         def step_loss(s1, s2, y_l, y0_u):
@@ -323,7 +326,7 @@ def test_training_step_is_the_two_step_ucmt_loss():
         u1 = predictive_entropy(0.5 * (torch.softmax(s1, 1) + pt))
         u2 = predictive_entropy(0.5 * (torch.softmax(s2, 1) + pt))
         xm, ym = umix(x, torch.cat([y_l, y0[2:]]), u1, u2, 2, 4)
-        loss2 = step_loss(m.student1(xm), m.student2(xm), ym[:2], ym[2:])
+        loss2 = step_loss(parts(m.student1, xm), parts(m.student2, xm), ym[:2], ym[2:])
     torch.testing.assert_close(out.loss.detach(), loss1 + loss2, rtol=1e-5, atol=1e-6)
     for key in ("sup", "cps", "mts", "sup_mix", "cps_mix", "mts_mix", "unsup_weight", "uncertainty"):
         assert key in out.logs and torch.isfinite(out.logs[key])

@@ -15,6 +15,7 @@ __all__ = [
     "describe_device",
     "autocast_dtype",
     "TrainingSwitches",
+    "BF16_MIN_DEEPEST_VOXELS",
     "cpu_features",
     "cpu_has_native_bf16",
     "cpu_prefers_channels_last",
@@ -27,6 +28,11 @@ NATIVE_BF16_FLAGS: frozenset[str] = frozenset({"amx_bf16", "avx512_bf16"})
 #: ATen CPU kernels that can run the bf16 elementwise work at full vector width
 #: (torch.backends.cpu.get_cpu_capability()); below AVX-512 it is converted lane by lane.
 BF16_CAPABILITIES: frozenset[str] = frozenset({"AVX512", "AMX"})
+#: Fewest voxels per sample in the network's deepest feature map for "auto" bf16: at
+#: 2 x 2 x 1 (32 x 32 x 16 patches, V-Net) bf16 convolution weight gradients of the
+#: bottleneck reach 1e35 and training turns NaN within 20 steps; at 4 x 4 x 2
+#: (64 x 64 x 32) they match fp32 (measured, docs/benchmarks.md).
+BF16_MIN_DEEPEST_VOXELS: int = 32
 #: Capabilities of x86 CPUs whose oneDNN convolutions run fastest in NDHWC; measured
 #: 1.3x to 1.6x per UA-MT/UCMT step on an AVX-512 CPU (docs/benchmarks.md).
 CHANNELS_LAST_CAPABILITIES: frozenset[str] = frozenset({"AVX2", "AVX512", "AMX"})
@@ -116,6 +122,7 @@ def training_switches(
     amp_cuda: bool = True,
     capability: str | None = None,
     flags: frozenset[str] | set[str] | None = None,
+    deepest_voxels: int | None = None,
 ) -> TrainingSwitches:
     """Resolve ``train.channels_last`` and the autocast precision for ``device``.
 
@@ -124,6 +131,8 @@ def training_switches(
     :func:`cpu_prefers_channels_last`; with CUDA, channels-last on and ``train.amp``
     (``amp_cuda``) deciding the precision (:func:`autocast_dtype`). ``capability``
     and ``flags`` default to this machine's (:func:`cpu_features`); tests pass them.
+    ``deepest_voxels`` (voxels per sample of the deepest feature map), when given,
+    keeps "auto" bf16 off below :data:`BF16_MIN_DEEPEST_VOXELS`.
     """
     if device.type == "cuda":
         cl = _switch(channels_last, True, "channels_last")
@@ -132,8 +141,11 @@ def training_switches(
     if capability is None or flags is None:
         capability, flags = cpu_features()
     native = cpu_has_native_bf16(capability, flags)
+    too_small = deepest_voxels is not None and deepest_voxels < BF16_MIN_DEEPEST_VOXELS
     cl = _switch(channels_last, cpu_prefers_channels_last(capability), "channels_last")
-    bf16 = _switch(amp_cpu, native, "amp_cpu")
+    bf16 = _switch(amp_cpu, native and not too_small, "amp_cpu")
     found = sorted(NATIVE_BF16_FLAGS & set(flags)) or ["no native bf16"]
     reason = f"CPU capability {capability}, {'/'.join(found)}: channels_last {cl}, bf16 autocast {bf16}"
+    if too_small and native and amp_cpu == "auto":
+        reason += f" (deepest feature map {deepest_voxels} voxels < {BF16_MIN_DEEPEST_VOXELS}: bf16 unstable)"
     return TrainingSwitches(cl, torch.bfloat16 if bf16 else None, reason)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..config import RESUMABLE_KEYS, ConfigError, RunConfig, save_config
+from ..config import NETWORK_DIVISORS, RESUMABLE_KEYS, ConfigError, RunConfig, save_config
 from ..data import DataError, DatasetSpec, PreprocessCache, build_train_streams, check_dataset, load_validation_cases
 from ..data.io import orientation_code, read_geometry
 from ..methods import Method, build_method
@@ -214,7 +214,9 @@ class Trainer:
         if ddp.is_main:  # only once every check passed: a refused start changes nothing
             save_config(cfg, self.run_dir / "config.yaml")
         # channels-last and autocast precision follow the hardware unless set (issue 19).
-        switches = training_switches(device, cfg.train.channels_last, cfg.train.amp_cpu, amp_cuda=cfg.train.amp)
+        deepest = math.prod(cfg.data.patch_size) // NETWORK_DIVISORS[cfg.network.name] ** cfg.data.spatial_dims
+        switches = training_switches(device, cfg.train.channels_last, cfg.train.amp_cpu, amp_cuda=cfg.train.amp,
+                                     deepest_voxels=deepest)
         log.info("training switches: %s", switches.reason)
         if switches.channels_last and cfg.data.spatial_dims == 3:
             method.to(memory_format=torch.channels_last_3d)
@@ -324,7 +326,7 @@ class Trainer:
                     if not math.isfinite(loss):
                         raise TrainingDiverged(
                             f"the loss became {loss} at iteration {it}; lower train.lr, or turn off train.amp "
-                            f"if it is on; the last good checkpoint is {last_path if last_path.exists() else 'none'}"
+                            f"(CUDA) / train.amp_cpu (CPU) if it is on; the last good checkpoint is {last_path if last_path.exists() else 'none'}"
                         )
                     elapsed = time.time() - timer_start
                     rate = (it - timer_it) / elapsed if elapsed > 0 else 0.0
