@@ -114,7 +114,7 @@ def test_auto_bf16_stays_off_for_tiny_deepest_maps():
     # 32 x 32 x 16 V-Net patches: a 2 x 2 x 1 bottleneck, where bf16 training turned NaN
     tiny = training_switches(CPU, "auto", "auto", capability="AVX512", flags={"avx512_bf16"}, deepest_voxels=4)
     assert tiny.amp_dtype is None and "unstable" in tiny.reason
-    ok = training_switches(CPU, "auto", "auto", capability="AVX512", flags={"avx512_bf16"}, deepest_voxels=32)
+    ok = training_switches(CPU, "auto", "auto", capability="AVX512", flags={"avx512_bf16"}, deepest_voxels=18)
     assert ok.amp_dtype == torch.bfloat16
     forced = training_switches(CPU, "auto", True, capability="AVX512", flags={"avx512_bf16"}, deepest_voxels=4)
     assert forced.amp_dtype == torch.bfloat16

@@ -28,11 +28,12 @@ NATIVE_BF16_FLAGS: frozenset[str] = frozenset({"amx_bf16", "avx512_bf16"})
 #: ATen CPU kernels that can run the bf16 elementwise work at full vector width
 #: (torch.backends.cpu.get_cpu_capability()); below AVX-512 it is converted lane by lane.
 BF16_CAPABILITIES: frozenset[str] = frozenset({"AVX512", "AMX"})
-#: Fewest voxels per sample in the network's deepest feature map for "auto" bf16: at
-#: 2 x 2 x 1 (32 x 32 x 16 patches, V-Net) bf16 convolution weight gradients of the
-#: bottleneck reach 1e35 and training turns NaN within 20 steps; at 4 x 4 x 2
-#: (64 x 64 x 32) they match fp32 (measured, docs/benchmarks.md).
-BF16_MIN_DEEPEST_VOXELS: int = 32
+#: Fewest voxels per sample in the network's deepest feature map for "auto" bf16.
+#: Measured on a V-Net, 10 random initialisations each, batch 2 and 4: at 2 x 2 x 1
+#: (32 x 32 x 16 patches) 9 of 20 bf16 backward passes gave weight gradients of 1e3
+#: to 1e35 (UCMT training turned NaN within 20 steps); at 3 x 3 x 2 (48 x 48 x 32,
+#: 18 voxels) and 4 x 4 x 2 (64 x 64 x 32) none did (docs/benchmarks.md).
+BF16_MIN_DEEPEST_VOXELS: int = 16
 #: Capabilities of x86 CPUs whose oneDNN convolutions run fastest in NDHWC; measured
 #: 1.3x to 1.6x per UA-MT/UCMT step on an AVX-512 CPU (docs/benchmarks.md).
 CHANNELS_LAST_CAPABILITIES: frozenset[str] = frozenset({"AVX2", "AVX512", "AMX"})
