@@ -93,7 +93,10 @@ METHOD_TRAIN = {"ucmt": {"optimizer": "adamw", "lr": 1e-4, "lr_schedule": "const
 # paper's 0.999 averages ~1000 iterations, half of this run, and the teacher is the
 # network that predicts; AdamW 1e-4 at a constant rate learned slowly at 800
 # iterations (docs/benchmarks.md).
-VARIANTS = {"ucmt_sgd": Variant("ucmt", params={"ema_alpha": 0.99}, train={})}
+VARIANTS = {"ucmt_sgd": Variant("ucmt", params={"ema_alpha": 0.99}, train={}),
+            # The effect of bf16 autocast on a CPU with native bf16 (train.amp_cpu), same seed.
+            "uamt_fp32": Variant("uamt", train={"amp_cpu": False}),
+            "uamt_bf16": Variant("uamt", train={"amp_cpu": True})}
 
 
 def write_split(data: Path, labeled: int, out: Path) -> Path:
