@@ -80,7 +80,6 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
-import math
 import statistics
 import sys
 import time
@@ -168,6 +167,22 @@ def cuda_shim(device):
         yield
     finally:
         torch.Tensor.cuda, torch.nn.Module.cuda = saved
+
+
+@contextmanager
+def strict_fp32(device):
+    """TF32 off on CUDA during a loss check: both sides then round alike whatever algorithm each batch size gets."""
+    import torch
+
+    if device.type != "cuda":
+        yield
+        return
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
 
 
 def _load(name: str, path: Path) -> types.ModuleType:
@@ -455,7 +470,7 @@ class AuthorsUCMT:
         pred_u1A1_logits = pred_u1A1['out']
         pred_u1A1_probs = torch.softmax(pred_u1A1_logits, dim=1)
         pred_u1A1_pseudo = torch.argmax(pred_u1A1_probs, dim=1)
-        pred_u1A1_conf = pred_u1A1_probs.max(dim=1)[0].clone()
+        pred_u1A1_conf = pred_u1A1_probs.max(dim=1)[0].clone()  # noqa: F841 (as theirs)
         pred_u2A2 = student2(uimage_umix)
         pred_u2A2_logits = pred_u2A2['out']
         pred_u2A2_probs = torch.softmax(pred_u2A2_logits, dim=1)
@@ -593,35 +608,36 @@ def uamt_side_by_side(mods, setting: dict, variants: list[str], device, args) ->
 
     # -- loss check: dropout off, one fixed teacher perturbation, same weights
     if args.check_steps:
-        torch.manual_seed(args.seed)
-        theirs = AuthorsUAMT(mods, setting, device, dropout=False)
-        ours_method = library_method("uamt", setting)
-        ours_method.student.load_state_dict(theirs.model.state_dict())
-        ours_method.teacher.load_state_dict(theirs.ema_model.state_dict())
-        ours_method.to(device)
-        for net in (ours_method.student, ours_method.teacher):  # the check runs without dropout
-            for m in net.modules():
-                if isinstance(m, torch.nn.Dropout3d):
-                    m.p = 0.0
-        fixed = fixed_noise_for(ours_method, labeled, unlabeled, args.seed + 1)
-        theirs.fixed_noise = fixed
-        steps = [it + i for i in range(args.check_steps)]
-        ref = [theirs.step(volume, label_full, s) for s in steps]
-        original = uamt_module.add_clamped_noise
-        uamt_module.add_clamped_noise = lambda x, std, clip: ref_noise(x, std, clip, fixed)
-        checks = {}
-        try:
-            for v in variants:
-                ours = OurStep(ours_method, "uamt", v, device)
-                got = [ours.step(labeled, unlabeled, s, sync_logs=True) for s in steps]
-                worst = max(abs(g["loss"] - r["loss"]) / abs(r["loss"]) for g, r in zip(got, ref))
-                rtol = args.rtol_amp if "bf16" in v else args.rtol
-                checks[v] = {"authors": [r["loss"] for r in ref], "ours": [g["loss"] for g in got],
-                             "max_rel_diff": worst, "rtol": rtol, "ok": worst <= rtol}
-                print(f"  uamt check {v}: max rel loss diff {worst:.2e} (tol {rtol:.0e})", file=sys.stderr, flush=True)
-        finally:
-            uamt_module.add_clamped_noise = original
-        report["check"] = checks
+        with strict_fp32(device):
+            torch.manual_seed(args.seed)
+            theirs = AuthorsUAMT(mods, setting, device, dropout=False)
+            ours_method = library_method("uamt", setting)
+            ours_method.student.load_state_dict(theirs.model.state_dict())
+            ours_method.teacher.load_state_dict(theirs.ema_model.state_dict())
+            ours_method.to(device)
+            for net in (ours_method.student, ours_method.teacher):  # the check runs without dropout
+                for m in net.modules():
+                    if isinstance(m, torch.nn.Dropout3d):
+                        m.p = 0.0
+            fixed = fixed_noise_for(ours_method, labeled, unlabeled, args.seed + 1)
+            theirs.fixed_noise = fixed
+            steps = [it + i for i in range(args.check_steps)]
+            ref = [theirs.step(volume, label_full, s) for s in steps]
+            original = uamt_module.add_clamped_noise
+            uamt_module.add_clamped_noise = lambda x, std, clip: ref_noise(x, std, clip, fixed)
+            checks = {}
+            try:
+                for v in variants:
+                    ours = OurStep(ours_method, "uamt", v, device)
+                    got = [ours.step(labeled, unlabeled, s, sync_logs=True) for s in steps]
+                    worst = max(abs(g["loss"] - r["loss"]) / abs(r["loss"]) for g, r in zip(got, ref))
+                    rtol = args.rtol_amp if "bf16" in v else args.rtol
+                    checks[v] = {"authors": [r["loss"] for r in ref], "ours": [g["loss"] for g in got],
+                                 "max_rel_diff": worst, "rtol": rtol, "ok": worst <= rtol}
+                    print(f"  uamt check {v}: max rel loss diff {worst:.2e} (tol {rtol:.0e})", file=sys.stderr, flush=True)
+            finally:
+                uamt_module.add_clamped_noise = original
+            report["check"] = checks
 
     # -- timing: real stochastic configuration (dropout on, fresh noise), same start weights
     torch.manual_seed(args.seed)
@@ -746,7 +762,7 @@ def inference_side_by_side(root: Path, device, args) -> dict:
           file=sys.stderr, flush=True)
     for mc in (1, 8):
         runners = {f"authors, stride {half[0]}/{half[1]} (same windows)": lambda mc=mc: theirs_run(mc, half),
-                   f"authors, stride 18/4 (test_LA.py)": lambda mc=mc: theirs_run(mc, (18, 4)),
+                   "authors, stride 18/4 (test_LA.py)": lambda mc=mc: theirs_run(mc, (18, 4)),
                    "ours": lambda mc=mc: ours_run(ours, mc),
                    "ours channels-last": lambda mc=mc: ours_run(ours_cl, mc)}
         report[f"T={mc}"] = time_interleaved(runners, device, args.inference_reps, 0, f"inference T={mc}")
