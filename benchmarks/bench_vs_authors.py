@@ -80,6 +80,7 @@ from __future__ import annotations
 import argparse
 import copy
 import importlib.util
+import math
 import statistics
 import sys
 import time
@@ -832,7 +833,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     setting = dict(SETTINGS[args.setting])
-    switches = training_switches(device, "auto", "auto")
+    deepest = math.prod(setting["patch"]) // 16 ** 3  # V-Net: four halvings
+    switches = training_switches(device, "auto", "auto", deepest_voxels=deepest)
     default_variant = ("cl" if switches.channels_last else "fp32") + ("+bf16" if switches.amp_dtype is not None else "")
     default_variant = default_variant.removeprefix("fp32+")
     report: dict[str, Any] = {**run_header(device), "device_type": device.type, "setting": args.setting,
