@@ -20,25 +20,28 @@ Imported unchanged, from their files:
   with ``weighted_update``, the teacher EMA), ``utils/loss_functions.py`` (``DSCLoss``),
   ``utils/ramps.py`` when present; ``unfoldNd`` (PyPI) for their UMIX.
 
-Their training steps are the bodies of script loops, not functions, so the step is
-written out here statement by statement, calling their modules:
+Their training steps are the bodies of script loops, not functions: the benchmark
+reads the loop body from their script (by its first and last statement; the report
+records the line numbers) and runs it with ``exec`` in a namespace holding the
+objects their script would have built:
 
-- UA-MT: ``code/train_LA_meanteacher_certainty_unlabel.py``, the loop body from
-  ``volume_batch, label_batch = sampled_batch['image'], ...`` to
-  ``update_ema_variables(model, ema_model, args.ema_decay, iter_num)`` and the
-  ``logging.info`` line's ``.item()`` reads (tensorboard writes left out), with
-  ``create_model``, ``update_ema_variables`` and ``get_current_consistency_weight``
-  of that script. Changes: the hard-coded ``T = 8`` and ``112, 112, 80`` become the
-  setting's T and patch; ``n_filters`` is the setting's (the script uses the default 16).
-- UCMT: ``train_3d.py``, the loop body from the first ``optimizer1.zero_grad()`` to
-  the second ``teacher.weighted_update(...)`` (both of its steps, two optimizer
-  steps), with the ``.item()`` reads of its metrics. Changes: each student's
-  augmented views ``imageA1/imageA2``, ``uimageA1/uimageA2`` are the plain batch
-  (the library has one view; equal work); the labeled and unlabeled batch sizes
-  are the setting's (their loaders use 4 + 4); their ``VNet`` wrapper fixes
-  ``n_filters=16``, so its ``.net`` is rebuilt with their ``VNetorg`` at the
-  setting's filters; ``init_weight`` (``utils/model_init.py``) is skipped (weights
-  are copied between the implementations anyway).
+- UA-MT: ``code/train_LA_meanteacher_certainty_unlabel.py``, from
+  ``volume_batch, label_batch = sampled_batch['image'], ...`` through
+  ``update_ema_variables(model, ema_model, args.ema_decay, iter_num)`` (lines 142-182 at
+  80d0a34), with their ``get_current_consistency_weight`` and ``update_ema_variables``
+  (read with ``ast``) and their ``create_model`` statements. Changed in the text: ``T = 8``
+  and ``112, 112, 80`` become the setting's T and patch; ``n_filters`` is the setting's
+  (their script uses the default 16); the ``.item()`` reads of their ``logging.info`` line
+  follow the block (tensorboard writes are outside it).
+- UCMT: ``train_3d.py``, from the first ``optimizer1.zero_grad()`` through the second
+  ``teacher.weighted_update(...)`` (both of its steps, two optimizer steps; lines
+  176-327 at 6718f6a). Each student's augmented views ``imageA1/imageA2``,
+  ``uimageA1/uimageA2`` are the plain batch (the library has one view; equal work); the
+  labeled and unlabeled batch sizes are the setting's (their loaders use 4 + 4); their
+  ``VNet`` wrapper fixes ``n_filters=16``, so its ``.net`` is rebuilt with their
+  ``VNetorg`` at the setting's filters; ``init_weight`` (``utils/model_init.py``) is
+  skipped (weights are copied between the implementations anyway); their tensorboard
+  writer and logger accept calls and write nothing.
 
 ``.cuda()`` calls in their code run under a shim that makes ``Tensor.cuda`` and
 ``Module.cuda`` the identity when ``--device cpu``. Modules their files import but
@@ -78,13 +81,16 @@ Examples::
 from __future__ import annotations
 
 import argparse
+import ast
 import copy
 import importlib.util
 import math
 import statistics
 import sys
+import textwrap
 import time
 import types
+import warnings
 from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
@@ -95,8 +101,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 #: Files of theirs each part needs, relative to ``--authors-dir`` (the git clones).
 REQUIRED_FILES: dict[str, tuple[str, ...]] = {
-    "uamt": ("UA-MT/code/networks/vnet.py", "UA-MT/code/utils/losses.py"),
-    "ucmt": ("UCMT/models/vnet.py", "UCMT/models/deeplabv3.py", "UCMT/utils/loss_functions.py"),
+    "uamt": ("UA-MT/code/networks/vnet.py", "UA-MT/code/utils/losses.py",
+             "UA-MT/code/train_LA_meanteacher_certainty_unlabel.py"),
+    "ucmt": ("UCMT/models/vnet.py", "UCMT/models/deeplabv3.py", "UCMT/utils/loss_functions.py", "UCMT/train_3d.py"),
     "inference": ("UA-MT/code/networks/vnet.py", "UA-MT/code/test_util.py"),
 }
 CLONE_HINT = ("git clone https://github.com/yulequan/UA-MT and git clone https://github.com/Senyh/UCMT "
@@ -207,7 +214,10 @@ def _ramps(path: Path):
     """Their ``sigmoid_rampup`` when the clone has ``utils/ramps.py``; else the same formula here."""
     if path.is_file():
         return _load(f"authors_ramps_{path.parent.parent.name}", path).sigmoid_rampup
-    from semisup.methods.ramps import sigmoid_rampup  # exp(-5 (1 - t/L)^2), the formula of their ramps.py
+    from semisup.methods.ramps import sigmoid_rampup as ours  # exp(-5 (1 - t/L)^2), the formula of their ramps.py
+
+    def sigmoid_rampup(current, rampup_length):  # their parameter names (UCMT passes them by keyword)
+        return ours(current, rampup_length)
 
     return sigmoid_rampup
 
@@ -254,16 +264,95 @@ def load_ucmt(root: Path) -> types.SimpleNamespace:
 # ----------------------------------------------------------------------------- their steps
 
 
-class AuthorsUAMT:
-    """One iteration of UA-MT's ``train_LA_meanteacher_certainty_unlabel.py`` (see the module doc)."""
+def script_block(path: Path, first: str, last: str, last_occurrence: int = 1) -> tuple[str, int, int]:
+    """Their script's lines from the first one starting with ``first`` through the
+    ``last_occurrence``-th one after it starting with ``last``, dedented, and the
+    1-based numbers of those lines (recorded in the report)."""
+    lines = Path(path).read_text().splitlines()
+    start = next((i for i, line in enumerate(lines) if line.strip().startswith(first)), None)
+    seen, end = 0, None
+    for i in range(start if start is not None else len(lines), len(lines)):
+        if lines[i].strip().startswith(last):
+            seen += 1
+            if seen == last_occurrence:
+                end = i
+                break
+    if start is None or end is None:
+        raise SystemExit(f"{path}: no block from {first!r} to {last!r} (#{last_occurrence}); "
+                         "a different version of their script? (checked against the commits in docs/benchmarks.md)")
+    # blank lines in front: tracebacks then name the line numbers of their file
+    return "\n" * start + textwrap.dedent("\n".join(lines[start:end + 1])), start + 1, end + 1
 
-    def __init__(self, mods, setting: dict, device, dropout: bool) -> None:
+
+def script_functions(path: Path, names: tuple[str, ...]) -> str:
+    """Source of their script's top-level functions ``names`` (read with ``ast``, not imported:
+    the script parses arguments and starts training at import)."""
+    source = Path(path).read_text()
+    found = {n.name: ast.get_source_segment(source, n) for n in ast.parse(source).body
+             if isinstance(n, ast.FunctionDef) and n.name in names}
+    missing = [n for n in names if n not in found]
+    if missing:
+        raise SystemExit(f"{path}: functions {missing} not found")
+    return "\n\n".join(found[n] for n in names)
+
+
+def _substitute(code: str, old: str, new: str, where: str) -> str:
+    if old not in code:
+        raise SystemExit(f"{where}: expected {old!r} in their step (a different version of their script?)")
+    return code.replace(old, new)
+
+
+class _TorchWithFixedNoise:
+    """``torch`` for their step in the loss check: ``randn_like`` returns one fixed draw."""
+
+    def __init__(self, normal) -> None:
+        self.normal = normal
+
+    def __getattr__(self, name: str):
+        import torch
+
+        return getattr(torch, name)
+
+    def randn_like(self, x, **_):
+        return self.normal.repeat(x.shape[0] // self.normal.shape[0], *([1] * (x.ndim - 1)))
+
+
+class _Quiet:
+    """Their tensorboard writer and logger: calls accepted, nothing written."""
+
+    def add_scalar(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+    def info(self, *args: Any, **kwargs: Any) -> None:
+        pass
+
+
+class AuthorsUAMT:
+    """One iteration of UA-MT's ``train_LA_meanteacher_certainty_unlabel.py``, run from their file.
+
+    Their loop body, from ``volume_batch, label_batch = sampled_batch[...]`` through
+    ``update_ema_variables(...)``, is read from the script and executed with ``exec``
+    (``T = 8`` and ``112, 112, 80`` replaced by the setting's T and patch), with their
+    ``get_current_consistency_weight`` and ``update_ema_variables`` (read with ``ast``)
+    and their ``create_model`` statements (``n_filters`` from the setting).
+    """
+
+    SCRIPT = "UA-MT/code/train_LA_meanteacher_certainty_unlabel.py"
+
+    def __init__(self, mods, setting: dict, device, dropout: bool, root: Path) -> None:
+        import numpy as np
+        import torch
+        import torch.nn.functional as F
         import torch.optim as optim
 
-        self.m, self.setting, self.device = mods, setting, device
-        self.T, self.patch = setting["mc_samples"], list(setting["patch"])
-        self.labeled_bs = setting["labeled"]
-        self.fixed_noise = None  # the loss check's fixed teacher perturbation
+        self.device = device
+        path = Path(root) / self.SCRIPT
+        code, first, last = script_block(path, "volume_batch, label_batch = sampled_batch['image']",
+                                         "update_ema_variables(model, ema_model, args.ema_decay, iter_num)")
+        code = _substitute(code, "T = 8", f"T = {setting['mc_samples']}", str(path))
+        code = _substitute(code, "112, 112, 80", ", ".join(str(p) for p in setting["patch"]), str(path))
+        self.lines = f"{self.SCRIPT} lines {first}-{last}"
+        self.code = compile(code, str(path), "exec")
 
         def create_model(ema=False):  # their create_model, n_filters from the setting
             net = mods.vnet.VNet(n_channels=1, n_classes=2, n_filters=setting["base_filters"],
@@ -275,81 +364,62 @@ class AuthorsUAMT:
             return model
 
         with cuda_shim(device):
-            self.model, self.ema_model = create_model(), create_model(ema=True)
-        self.model.to(device), self.ema_model.to(device)
-        self.model.train()
-        self.ema_model.train()
-        self.optimizer = optim.SGD(self.model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0001)
+            model, ema_model = create_model(), create_model(ema=True)
+        model.to(device), ema_model.to(device)
+        model.train()
+        ema_model.train()
+        self.ns: dict[str, Any] = {
+            "torch": torch, "F": F, "np": np, "losses": mods.losses,
+            "ramps": types.SimpleNamespace(sigmoid_rampup=mods.sigmoid_rampup),
+            "args": types.SimpleNamespace(ema_decay=0.99, consistency=0.1, consistency_rampup=40.0),
+            "labeled_bs": setting["labeled"], "max_iterations": MAX_ITERATIONS,
+            "model": model, "ema_model": ema_model,
+            "optimizer": optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=0.0001),
+            "consistency_criterion": mods.losses.softmax_mse_loss,
+        }
+        exec(compile(script_functions(path, ("get_current_consistency_weight", "update_ema_variables")),
+                     str(path), "exec"), self.ns)
+        self.model, self.ema_model = model, ema_model
 
-    def _noise(self, x):
-        import torch
-
-        if self.fixed_noise is not None:
-            return self.fixed_noise.repeat(x.shape[0] // self.fixed_noise.shape[0], 1, 1, 1, 1)
-        return torch.clamp(torch.randn_like(x) * 0.1, -0.2, 0.2)
+    def fix_noise(self, normal) -> None:
+        """Every ``torch.randn_like`` of their step returns ``normal`` (the loss check)."""
+        self.ns["torch"] = _TorchWithFixedNoise(normal)
 
     def step(self, volume_batch, label_batch, iter_num: int) -> dict[str, float]:
-        import numpy as np
-        import torch
-        import torch.nn.functional as F
-
-        losses, ramps_sigmoid = self.m.losses, self.m.sigmoid_rampup
-        labeled_bs, T, patch = self.labeled_bs, self.T, self.patch
-        model, ema_model, optimizer = self.model, self.ema_model, self.optimizer
-        with cuda_shim(self.device):
-            volume_batch, label_batch = volume_batch.cuda(), label_batch.cuda()
-            unlabeled_volume_batch = volume_batch[labeled_bs:]
-
-            noise = self._noise(unlabeled_volume_batch)
-            ema_inputs = unlabeled_volume_batch + noise
-            outputs = model(volume_batch)
-            with torch.no_grad():
-                ema_output = ema_model(ema_inputs)
-            volume_batch_r = unlabeled_volume_batch.repeat(2, 1, 1, 1, 1)
-            stride = volume_batch_r.shape[0] // 2
-            preds = torch.zeros([stride * T, 2, *patch]).cuda()
-            for i in range(T // 2):
-                ema_inputs = volume_batch_r + self._noise(volume_batch_r)
-                with torch.no_grad():
-                    preds[2 * stride * i:2 * stride * (i + 1)] = ema_model(ema_inputs)
-            preds = F.softmax(preds, dim=1)
-            preds = preds.reshape(T, stride, 2, *patch)
-            preds = torch.mean(preds, dim=0)
-            uncertainty = -1.0 * torch.sum(preds * torch.log(preds + 1e-6), dim=1, keepdim=True)
-
-            loss_seg = F.cross_entropy(outputs[:labeled_bs], label_batch[:labeled_bs])
-            outputs_soft = F.softmax(outputs, dim=1)
-            loss_seg_dice = losses.dice_loss(outputs_soft[:labeled_bs, 1, :, :, :], label_batch[:labeled_bs] == 1)
-            supervised_loss = 0.5 * (loss_seg + loss_seg_dice)
-
-            consistency_weight = 0.1 * ramps_sigmoid(iter_num // 150, 40.0)  # get_current_consistency_weight
-            consistency_dist = losses.softmax_mse_loss(outputs[labeled_bs:], ema_output)
-            threshold = (0.75 + 0.25 * ramps_sigmoid(iter_num, MAX_ITERATIONS)) * np.log(2)
-            mask = (uncertainty < threshold).float()
-            consistency_dist = torch.sum(mask * consistency_dist) / (2 * torch.sum(mask) + 1e-16)
-            consistency_loss = consistency_weight * consistency_dist
-            loss = supervised_loss + consistency_loss
-
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-            # update_ema_variables(model, ema_model, args.ema_decay, iter_num)
-            alpha = min(1 - 1 / (iter_num + 1), 0.99)
-            for ema_param, param in zip(ema_model.parameters(), model.parameters()):
-                ema_param.data.mul_(alpha).add_(param.data, alpha=1 - alpha)
-            return {"loss": loss.item(), "consistency": consistency_dist.item()}
+        ns = self.ns
+        ns.update(sampled_batch={"image": volume_batch, "label": label_batch}, iter_num=iter_num)
+        with cuda_shim(self.device), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # their add_(Number, Tensor) overload is deprecated
+            exec(self.code, ns)
+        # their logging.info line reads these two
+        return {"loss": ns["loss"].item(), "consistency": ns["consistency_dist"].item()}
 
     def networks(self) -> dict[str, Any]:
         return {"student": self.model, "teacher": self.ema_model}
 
 
 class AuthorsUCMT:
-    """One iteration (both steps) of UCMT's ``train_3d.py`` (see the module doc)."""
+    """One iteration (both steps) of UCMT's ``train_3d.py``, run from their file.
 
-    def __init__(self, mods, setting: dict, device) -> None:
+    Their loop body, from the first ``optimizer1.zero_grad()`` through the second
+    ``teacher.weighted_update(...)``, is read from the script and executed with ``exec``.
+    The names it expects come from here: each student's augmented views
+    (``imageA1``, ...) are the plain batch; ``d, h, w``, ``unfolds``, ``folds``,
+    ``criterion_dsc`` and the optimizers as their ``main`` builds them; their
+    tensorboard writer and logger accept calls and write nothing.
+    """
+
+    SCRIPT = "UCMT/train_3d.py"
+
+    def __init__(self, mods, setting: dict, device, root: Path) -> None:
+        import torch
         import torch.optim as optim
 
-        self.m, self.device = mods, device
+        self.device = device
+        path = Path(root) / self.SCRIPT
+        code, first, last = script_block(path, "optimizer1.zero_grad()", "teacher.weighted_update(", 2)
+        self.lines = f"{self.SCRIPT} lines {first}-{last}"
+        self.code = compile(code, str(path), "exec")
         f = setting["base_filters"]
 
         def build():
@@ -357,136 +427,37 @@ class AuthorsUCMT:
             net.net = mods.vnet.VNetorg(in_channels=1, out_channels=2, n_filters=f, normalization="batchnorm")
             return net.to(device)
 
-        self.student1, self.student2, self.teacher = build(), build(), build()
-        self.teacher.detach_model()
+        student1, student2, teacher = build(), build(), build()
+        teacher.detach_model()
         spatial = list(setting["patch"])
-        self.dhw = d, h, w = spatial[0] // 8, spatial[1] // 8, spatial[2] // 8
-        self.unfolds = mods.unfoldNd.UnfoldNd(kernel_size=(d, h, w), stride=(d, h, w)).to(device)
-        self.folds = mods.unfoldNd.FoldNd(output_size=tuple(spatial), kernel_size=(d, h, w), stride=(d, h, w)).to(device)
-        self.criterion_dsc = mods.losses.DSCLoss(num_classes=2, intra_weights=[1., 1.], inter_weight=1.,
-                                                 device=device, is_3d=True)
-        self.optimizer1 = optim.AdamW(self.student1.parameters(), lr=1e-4, betas=(0.9, 0.999))
-        self.optimizer2 = optim.AdamW(self.student2.parameters(), lr=1e-4, betas=(0.9, 0.999))
-        for net in (self.student1, self.student2, self.teacher):
+        d, h, w = spatial[0] // 8, spatial[1] // 8, spatial[2] // 8
+        for net in (student1, student2, teacher):
             net.train()
+        self.ns: dict[str, Any] = {
+            "torch": torch, "student1": student1, "student2": student2, "teacher": teacher,
+            "optimizer1": optim.AdamW(student1.parameters(), lr=1e-4, betas=(0.9, 0.999)),
+            "optimizer2": optim.AdamW(student2.parameters(), lr=1e-4, betas=(0.9, 0.999)),
+            "criterion_dsc": mods.losses.DSCLoss(num_classes=2, intra_weights=[1., 1.], inter_weight=1.,
+                                                 device=device, is_3d=True),
+            "d": d, "h": h, "w": w,
+            "unfolds": mods.unfoldNd.UnfoldNd(kernel_size=(d, h, w), stride=(d, h, w)).to(device),
+            "folds": mods.unfoldNd.FoldNd(output_size=tuple(spatial), kernel_size=(d, h, w),
+                                          stride=(d, h, w)).to(device),
+            "sigmoid_rampup": mods.sigmoid_rampup, "args": types.SimpleNamespace(topk=2, log_freq=1, num_epochs=1),
+            "writer": _Quiet(), "logger": _Quiet(), "pbar": range(UCMT_ITERS_PER_EPOCH),
+        }
+        self.student1, self.student2, self.teacher = student1, student2, teacher
 
     def step(self, image, label, uimage, it: int) -> dict[str, float]:
-        import torch
-
-        student1, student2, teacher = self.student1, self.student2, self.teacher
-        optimizer1, optimizer2, criterion_dsc = self.optimizer1, self.optimizer2, self.criterion_dsc
-        unfolds, folds, (d, h, w) = self.unfolds, self.folds, self.dhw
-        sigmoid_rampup, topk, cur = self.m.sigmoid_rampup, 2, it
-        n_iters = UCMT_ITERS_PER_EPOCH
-        imageA1 = imageA2 = image
-        uimageA1 = uimageA2 = uimage
-
-        optimizer1.zero_grad()
-        optimizer2.zero_grad()
-        pred_s1_logits = student1(imageA1)['out']
-        pred_s1_probs = torch.softmax(pred_s1_logits, dim=1)
-        pred_s2_logits = student2(imageA2)['out']
-        pred_s2_probs = torch.softmax(pred_s2_logits, dim=1)
-        with torch.no_grad():
-            pred_t_logits = teacher(image)['out']
-            pred_t_probs = torch.softmax(pred_t_logits, dim=1)
-            pred_u = teacher(uimage)
-            pred_u_logits = pred_u['out']
-            pred_u_probs = torch.softmax(pred_u_logits, dim=1)
-            pred_u_pseudo = torch.argmax(pred_u_probs, dim=1)
-            pred_u_conf = pred_u_probs.max(dim=1)[0].clone()
-        pred_u1A1 = student1(uimageA1)
-        pred_u1A1_logits = pred_u1A1['out']
-        pred_u1A1_probs = torch.softmax(pred_u1A1_logits, dim=1)
-        pred_u1A1_pseudo = torch.argmax(pred_u1A1_probs, dim=1)
-        pred_u1A1_conf = pred_u1A1_probs.max(dim=1)[0].clone()  # noqa: F841 (as theirs)
-        pred_u2A2 = student2(uimageA2)
-        pred_u2A2_logits = pred_u2A2['out']
-        pred_u2A2_probs = torch.softmax(pred_u2A2_logits, dim=1)
-        pred_u2A2_pseudo = torch.argmax(pred_u2A2_probs, dim=1)
-        pred_u2A2_conf = pred_u2A2_probs.max(dim=1)[0].clone()  # noqa: F841
-        loss_s = (criterion_dsc(pred_s1_logits, label.squeeze(1).long()) + criterion_dsc(pred_s2_logits, label.squeeze(1).long())) / 2.
-        lambda_ = sigmoid_rampup(cur, n_iters * 5)
-        loss_x = (criterion_dsc(pred_u1A1_logits, pred_u2A2_pseudo.detach()) + criterion_dsc(pred_u2A2_logits, pred_u1A1_pseudo.detach())) / 2.
-        loss_u = (criterion_dsc(pred_u1A1_logits, pred_u_pseudo.detach()) + criterion_dsc(pred_u2A2_logits, pred_u_pseudo.detach())) / 2.
-        loss = loss_s + loss_x * 0.1 * lambda_ + loss_u * 0.1 * lambda_
-        loss.backward()
-        optimizer1.step()
-        optimizer2.step()
-        teacher.weighted_update(student1, student2, ema_decay=0.99, cur_step=cur)
-        first = [loss.item(), loss_s.item(), loss_u.item(), loss_x.item()]  # their epoch_metrics reads
-
-        # Step 2
-        optimizer1.zero_grad()
-        optimizer2.zero_grad()
-        with torch.no_grad():
-            uncertainty_map11 = torch.mean(torch.stack([pred_s1_probs, pred_t_probs]), dim=0)
-            uncertainty_map11 = -1.0 * torch.sum(uncertainty_map11 * torch.log(uncertainty_map11 + 1e-6), dim=1, keepdim=True)
-            uncertainty_map22 = torch.mean(torch.stack([pred_s2_probs, pred_t_probs]), dim=0)
-            uncertainty_map22 = -1.0 * torch.sum(uncertainty_map22 * torch.log(uncertainty_map22 + 1e-6), dim=1, keepdim=True)
-            B, C = image.shape[0], image.shape[1]
-            x11 = unfolds(uncertainty_map11).view(B, 1, d, h, w, -1)
-            x11_mean = torch.mean(x11, dim=(1, 2, 3, 4))
-            _, x11_max_index = torch.sort(x11_mean, dim=1, descending=True)
-            x22 = unfolds(uncertainty_map22).view(B, 1, d, h, w, -1)
-            x22_mean = torch.mean(x22, dim=(1, 2, 3, 4))
-            _, x22_max_index = torch.sort(x22_mean, dim=1, descending=True)
-            img_unfold = unfolds(imageA1).view(B, C, d, h, w, -1)
-            lab_unfold = unfolds(label.float()).view(B, 1, d, h, w, -1)
-            for i in range(B):
-                img_unfold[i, :, :, :, :, x11_max_index[i, :topk]] = img_unfold[i, :, :, :, :, x22_max_index[i, -topk:]]
-                img_unfold[i, :, :, :, :, x22_max_index[i, :topk]] = img_unfold[i, :, :, :, :, x11_max_index[i, -topk:]]
-                lab_unfold[i, :, :, :, :, x11_max_index[i, :topk]] = lab_unfold[i, :, :, :, :, x22_max_index[i, -topk:]]
-                lab_unfold[i, :, :, :, :, x22_max_index[i, :topk]] = lab_unfold[i, :, :, :, :, x11_max_index[i, -topk:]]
-            image_umix = folds(img_unfold.view(B, C * d * h * w, -1))
-            label_umix = folds(lab_unfold.view(B, 1 * d * h * w, -1))  # noqa: F841 (unused in theirs too)
-        pred_s1_logits = student1(image_umix)['out']
-        pred_s2_logits = student2(image_umix)['out']
-        with torch.no_grad():
-            uncertainty_map1 = torch.mean(torch.stack([pred_u1A1_probs, pred_u_probs]), dim=0)
-            uncertainty_map1 = -1.0 * torch.sum(uncertainty_map1 * torch.log(uncertainty_map1 + 1e-6), dim=1, keepdim=True)
-            uncertainty_map2 = torch.mean(torch.stack([pred_u2A2_probs, pred_u_probs]), dim=0)
-            uncertainty_map2 = -1.0 * torch.sum(uncertainty_map2 * torch.log(uncertainty_map2 + 1e-6), dim=1, keepdim=True)
-            B, C = uimage.shape[0], uimage.shape[1]
-            x1 = unfolds(uncertainty_map1).view(B, 1, d, h, w, -1)
-            x1_mean = torch.mean(x1, dim=(1, 2, 3, 4))
-            _, x1_max_index = torch.sort(x1_mean, dim=1, descending=True)
-            x2 = unfolds(uncertainty_map2).view(B, 1, d, h, w, -1)
-            x2_mean = torch.mean(x2, dim=(1, 2, 3, 4))
-            _, x2_max_index = torch.sort(x2_mean, dim=1, descending=True)
-            imgu_unfold = unfolds(uimageA1).view(B, C, d, h, w, -1)
-            pseudo_unfold = unfolds(pred_u_pseudo.unsqueeze(1).float()).view(B, 1, d, h, w, -1)
-            pred_u_conf_unfold = unfolds(pred_u_conf.unsqueeze(1).float()).view(B, 1, d, h, w, -1)
-            for i in range(B):
-                imgu_unfold[i, :, :, :, :, x1_max_index[i, :topk]] = imgu_unfold[i, :, :, :, :, x2_max_index[i, -topk:]]
-                imgu_unfold[i, :, :, :, :, x2_max_index[i, :topk]] = imgu_unfold[i, :, :, :, :, x1_max_index[i, -topk:]]
-                pseudo_unfold[i, :, :, :, :, x1_max_index[i, :topk]] = pseudo_unfold[i, :, :, :, :, x2_max_index[i, -topk:]]
-                pseudo_unfold[i, :, :, :, :, x2_max_index[i, :topk]] = pseudo_unfold[i, :, :, :, :, x1_max_index[i, -topk:]]
-                pred_u_conf_unfold[i, :, :, :, :, x1_max_index[i, :topk]] = pred_u_conf_unfold[i, :, :, :, :, x2_max_index[i, -topk:]]
-                pred_u_conf_unfold[i, :, :, :, :, x2_max_index[i, :topk]] = pred_u_conf_unfold[i, :, :, :, :, x1_max_index[i, -topk:]]
-            uimage_umix = folds(imgu_unfold.view(B, C * d * h * w, -1))
-            pred_u_pseudo_umix = folds(pseudo_unfold.view(B, 1 * d * h * w, -1)).squeeze(1).long()  # noqa: F841
-            pred_u_conf_umix = folds(pred_u_conf_unfold.view(B, 1 * d * h * w, -1)).squeeze(1).long()  # noqa: F841
-        pred_u1A1 = student1(uimage_umix)
-        pred_u1A1_logits = pred_u1A1['out']
-        pred_u1A1_probs = torch.softmax(pred_u1A1_logits, dim=1)
-        pred_u1A1_pseudo = torch.argmax(pred_u1A1_probs, dim=1)
-        pred_u1A1_conf = pred_u1A1_probs.max(dim=1)[0].clone()  # noqa: F841 (as theirs)
-        pred_u2A2 = student2(uimage_umix)
-        pred_u2A2_logits = pred_u2A2['out']
-        pred_u2A2_probs = torch.softmax(pred_u2A2_logits, dim=1)
-        pred_u2A2_pseudo = torch.argmax(pred_u2A2_probs, dim=1)
-        pred_u2A2_conf = pred_u1A1_probs.max(dim=1)[0].clone()  # noqa: F841
-        loss_s = (criterion_dsc(pred_s1_logits, label.squeeze(1).long()) + criterion_dsc(pred_s2_logits, label.squeeze(1).long())) / 2.
-        lambda_ = sigmoid_rampup(cur, n_iters * 5)
-        loss_x = (criterion_dsc(pred_u1A1_logits, pred_u2A2_pseudo.detach()) + criterion_dsc(pred_u2A2_logits, pred_u1A1_pseudo.detach())) / 2.
-        loss_u = (criterion_dsc(pred_u1A1_logits, pred_u_pseudo.detach()) + criterion_dsc(pred_u2A2_logits, pred_u_pseudo.detach())) / 2.
-        loss = loss_s + loss_x * 0.1 * lambda_ + loss_u * 0.1 * lambda_
-        loss.backward()
-        optimizer1.step()
-        optimizer2.step()
-        teacher.weighted_update(student1, student2, ema_decay=0.99, coefficient=0.99, cur_step=cur)
-        return {"loss": first[0], "loss_step2": loss.item()}
+        ns = self.ns
+        metrics = types.SimpleNamespace(train_loss=[], train_s_loss=[], train_u_loss=[], train_x_loss=[])
+        ns.update(image=image, label=label, imageA1=image, imageA2=image, uimage=uimage, uimageA1=uimage,
+                  uimageA2=uimage, idx=it % UCMT_ITERS_PER_EPOCH, epoch=1 + it // UCMT_ITERS_PER_EPOCH,
+                  epoch_metrics=metrics)
+        with cuda_shim(self.device), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # their add_(Number, Tensor) overload is deprecated
+            exec(self.code, ns)
+        return {"loss": metrics.train_loss[-1], "loss_step2": ns["loss"].item()}
 
     def networks(self) -> dict[str, Any]:
         return {"student1": self.student1, "student2": self.student2, "teacher": self.teacher}
@@ -611,7 +582,7 @@ def uamt_side_by_side(mods, setting: dict, variants: list[str], device, args) ->
     if args.check_steps:
         with strict_fp32(device):
             torch.manual_seed(args.seed)
-            theirs = AuthorsUAMT(mods, setting, device, dropout=False)
+            theirs = AuthorsUAMT(mods, setting, device, dropout=False, root=args.authors_dir)
             ours_method = library_method("uamt", setting)
             ours_method.student.load_state_dict(theirs.model.state_dict())
             ours_method.teacher.load_state_dict(theirs.ema_model.state_dict())
@@ -621,7 +592,9 @@ def uamt_side_by_side(mods, setting: dict, variants: list[str], device, args) ->
                     if isinstance(m, torch.nn.Dropout3d):
                         m.p = 0.0
             fixed = fixed_noise_for(ours_method, labeled, unlabeled, args.seed + 1)
-            theirs.fixed_noise = fixed
+            # the same standard-normal draw for their randn_like: clamp(N * 0.1, -0.2, 0.2) = fixed
+            normal = torch.randn(unlabeled["image"].shape, generator=torch.Generator().manual_seed(args.seed + 1))
+            theirs.fix_noise(normal.to(device))
             steps = [it + i for i in range(args.check_steps)]
             ref = [theirs.step(volume, label_full, s) for s in steps]
             original = uamt_module.add_clamped_noise
@@ -642,7 +615,8 @@ def uamt_side_by_side(mods, setting: dict, variants: list[str], device, args) ->
 
     # -- timing: real stochastic configuration (dropout on, fresh noise), same start weights
     torch.manual_seed(args.seed)
-    theirs = AuthorsUAMT(mods, setting, device, dropout=True)
+    theirs = AuthorsUAMT(mods, setting, device, dropout=True, root=args.authors_dir)
+    report["authors_step"] = theirs.lines
     method = library_method("uamt", setting)
     method.student.load_state_dict(theirs.model.state_dict())
     method.teacher.load_state_dict(theirs.ema_model.state_dict())
@@ -668,7 +642,8 @@ def ucmt_side_by_side(mods, setting: dict, variants: list[str], device, args) ->
     it = 10 * UCMT_ITERS_PER_EPOCH  # past the ramp
     report: dict[str, Any] = {}
     torch.manual_seed(args.seed)
-    theirs = AuthorsUCMT(mods, setting, device)
+    theirs = AuthorsUCMT(mods, setting, device, args.authors_dir)
+    report["authors_step"] = theirs.lines
     method = library_method("ucmt", setting)
     for name, net in theirs.networks().items():
         getattr(method, name).load_state_dict(ucmt_state_for_library(net.state_dict()))
@@ -682,7 +657,7 @@ def ucmt_side_by_side(mods, setting: dict, variants: list[str], device, args) ->
                 net.eval(), ours_net.eval()
                 diffs[name] = float((net(x)["out"] - ours_net(x)).abs().max())
                 net.train(), ours_net.train()
-        snapshot = copy.deepcopy(theirs, memo={id(theirs.m): theirs.m})  # the check's steps must not move the timed networks
+        snapshot = copy.deepcopy(theirs, memo={id(torch): torch})  # the check's steps must not move the timed networks
         first_theirs = snapshot.step(labeled["image"], labeled["label"], unlabeled["image"], it)
         first_ours = OurStep(method, "ucmt", "fp32", device).step(labeled, unlabeled, it, sync_logs=True)
         ok = max(diffs.values()) <= 1e-4 * max(1.0, float(x.abs().max()))
