@@ -15,6 +15,11 @@ Settings:
          method: supervised 7 min, UA-MT 22 min, UCMT ~50 min (docs/benchmarks.md).
   paper  0.625 mm, V-Net 16 filters, 112x112x80, batch 2+2, 6000 iterations, T = 8 (GPU).
 
+Sparse labels (``--sparse-every N``): the labeled cases keep every N-th axial (z) slice of
+their label (z = 0, N, 2N, ...); every other slice becomes the dataset's ``ignore`` value
+(``"ignore": 2`` in ``labels``, nnU-Net v2's declaration), left out of the losses. The
+report cases keep their full labels. The run key gets ``/sparseN``.
+
 Each method runs ``semisup train`` then ``semisup predict`` and ``semisup evaluate`` in
 subprocesses; it/s comes from the progress stream, peak RSS from the child's rusage.
 Results go to ``<out>/results.json`` and a markdown table on stdout.
@@ -32,6 +37,7 @@ Example::
 
     python benchmarks/bench_la.py --setting cpu --labeled 16 --methods supervised uamt --out runs/bench_la_cpu
     python benchmarks/bench_la.py --setting cpu --folds 5 --fold 0 --methods supervised uamt ucmt_sgd --out runs/bench_la_cv
+    python benchmarks/bench_la.py --setting cpu --labeled 16 --methods supervised --sparse-every 5 --out runs/bench_la_sparse
 """
 
 from __future__ import annotations
@@ -62,6 +68,8 @@ DEFAULT_DATA = REPO.parent / "shared" / "data" / "LA2018"
 VALIDATION_CASES = 16
 #: Validation cases of a cross-validation fold, taken from the end of the non-report cases.
 FOLD_VALIDATION = 8
+#: Label value written on the unlabeled slices of a sparse label (above LA's classes 0, 1).
+SPARSE_IGNORE_VALUE = 2
 
 SETTINGS = {
     "cpu": {
@@ -99,16 +107,43 @@ VARIANTS = {"ucmt_sgd": Variant("ucmt", params={"ema_alpha": 0.99}, train={}),
             "uamt_bf16": Variant("uamt", train={"amp_cpu": True})}
 
 
-def write_split(data: Path, labeled: int, out: Path) -> Path:
+def sparse_label(source: Path, every: int, target: Path) -> float:
+    """Write ``source`` with only every ``every``-th z slice kept, the rest
+    :data:`SPARSE_IGNORE_VALUE`; returns the fraction of voxels left labeled."""
+    import numpy as np
+    import SimpleITK as sitk
+
+    img = sitk.ReadImage(str(source))
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x)
+    keep = np.zeros(arr.shape[0], dtype=bool)
+    keep[::every] = True
+    arr[~keep] = SPARSE_IGNORE_VALUE
+    out = sitk.GetImageFromArray(arr)
+    out.CopyInformation(img)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sitk.WriteImage(out, str(target), useCompression=True)
+    return float(keep.mean())
+
+
+def write_split(data: Path, labeled: int, out: Path, sparse_every: int | None = None) -> Path:
     spec = json.loads((data / "dataset.json").read_text())
     cases = spec["training"]
     if len(cases) < labeled + VALIDATION_CASES:
         raise SystemExit(f"{data}: {len(cases)} cases, need at least {labeled + VALIDATION_CASES}")
     absolute = [{"image": str(data / c["image"]), "label": str(data / c["label"])} for c in cases]
+    labels = dict(spec.get("labels", {"0": "background", "1": "left atrium"}))
+    training = absolute[:labeled]
+    if sparse_every:
+        labels["ignore"] = SPARSE_IGNORE_VALUE
+        training = [
+            {"image": c["image"], "label": str(out / "sparse_labels" / Path(c["label"]).name)} for c in training
+        ]
+        for source, sparse in zip(absolute[:labeled], training):
+            sparse_label(Path(source["label"]), sparse_every, Path(sparse["label"]))
     split = {
-        "name": f"LA2018 {labeled} labeled",
-        "labels": spec.get("labels", {"0": "background", "1": "left atrium"}),
-        "training": absolute[:labeled],
+        "name": f"LA2018 {labeled} labeled" + (f", every {sparse_every}th slice" if sparse_every else ""),
+        "labels": labels,
+        "training": training,
         "unlabeled": [{"image": c["image"]} for c in absolute[labeled:-VALIDATION_CASES]],
         "validation": absolute[-VALIDATION_CASES:],
     }
@@ -212,6 +247,8 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["supervised", "uamt"])
     ap.add_argument("--iterations", type=int, help="override the setting's iteration count")
     ap.add_argument("--seed", type=int, default=1337)
+    ap.add_argument("--sparse-every", type=int, help="label only every N-th z slice of the labeled cases (the rest "
+                    "'ignore'); the report cases stay fully labeled")
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "bench_la")
     ap.add_argument("--cache-dir", type=Path, help="preprocessed-volume cache (default <out>/cache); safe to share "
                     "between runs, entries are keyed by file and preprocessing settings")
@@ -232,16 +269,18 @@ def main() -> None:
         fold_tag = f"/fold{args.fold}of{args.folds}"
     else:
         out = args.out
-        dataset = write_split(args.data, args.labeled, args.out)
+        dataset = write_split(args.data, args.labeled, args.out, args.sparse_every)
     results_path = args.out / "results.json"
     for method in args.methods:
         iterations = args.iterations or SETTINGS[args.setting]["train"]["iterations"]
         key = f"{args.setting}/{args.labeled}/{method}/{iterations}" + (f"{fold_tag}/s{args.seed}" if fold_tag else "")
+        key += f"/sparse{args.sparse_every}" if args.sparse_every else ""
         print(f"== {key}", file=sys.stderr, flush=True)
         result = run_method(method, SETTINGS[args.setting], dataset, out, (args.cache_dir or args.out / "cache").resolve(),
                             args.iterations, args.seed, args.threads, report)
         if split_info:
             result["split"] = split_info
+        result["labels"] = f"every {args.sparse_every}th z slice" if args.sparse_every else "full"
         merge_result(results_path, key, result)
     results = read_results(results_path)
     print("| key | Dice % | median | worst | 5th pct | cases < 0.5 | Jaccard % | 95HD mm | ASD mm | it/s | train min |")

@@ -1,4 +1,4 @@
-"""Command line: ``semisup train | predict | evaluate | compare | demo | plan``.
+"""Command line: ``semisup train | predict | evaluate | compare | export | demo | plan``.
 
 This module only parses: each verb's behaviour is ``semisup.commands.<verb>.run``.
 
@@ -111,6 +111,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metric", nargs="+", default=["dice"], choices=["dice", "jaccard", "hd95", "asd"])
     progress_flag(p)
     p.set_defaults(func=_command("compare"))
+
+    p = sub.add_parser("export", help="the trained model as TorchScript, a MONAI bundle folder or ONNX")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--run-dir", type=Path, help="trained run folder (uses checkpoints/best.pt)")
+    src.add_argument("--checkpoint", type=Path, help="a checkpoint file")
+    p.add_argument("--format", required=True, choices=["torchscript", "bundle", "onnx"])
+    p.add_argument("--output", required=True, type=Path, help="file (torchscript, onnx) or new folder (bundle)")
+    progress_flag(p)
+    p.set_defaults(func=_command("export"))
 
     p = sub.add_parser("plan", help="fingerprint a dataset and write an editable run configuration for it")
     p.add_argument("dataset", type=Path, help="dataset.json (or its folder)")

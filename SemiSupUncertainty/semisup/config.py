@@ -26,6 +26,9 @@ __all__ = [
     "InferenceConfig",
     "RunConfig",
     "ConfigError",
+    "NORMALISATIONS",
+    "channel_modalities",
+    "normalisation_for_channel_name",
     "load_config",
     "save_config",
     "apply_override",
@@ -44,6 +47,45 @@ NETWORK_DIVISORS: dict[str, int] = {"vnet": 16, "unet2d": 16, "unet3d": 16}
 #: Values of the hardware-dependent switches train.channels_last and train.amp_cpu.
 SWITCH_VALUES: tuple[str | bool, ...] = ("auto", True, False)
 
+#: Intensity normalisations per channel: MR z-score, CT window clip-and-scale, RGB 0..255 -> 0..1
+#: (nnU-Net's ``zscore``, ``CT`` and ``rgb_to_0_1`` schemes).
+NORMALISATIONS: tuple[str, ...] = ("MR", "CT", "RGB")
+#: ``data.modality: auto`` takes the names from dataset.json (``modality`` or ``channel_names``).
+AUTO_MODALITY = "AUTO"
+
+
+def normalisation_for_channel_name(name: str) -> str:
+    """The normalisation of a channel named in dataset.json, by nnU-Net's rule: ``CT``
+    clip-and-scale, RGB/R/G/B (and ``rgb_to_0_1``) scaled from 0..255, everything else
+    (T1, T2, FLAIR, ADC, LGE-MRI, ...) a z-score."""
+    key = str(name).strip().upper()
+    if key == "CT":
+        return "CT"
+    if key in ("RGB", "R", "G", "B", "RED", "GREEN", "BLUE", "RGB_TO_0_1"):
+        return "RGB"
+    return "MR"
+
+
+def channel_modalities(data: "DataConfig", channels: int | None = None) -> list[str]:
+    """The normalisation of each input channel (``data.channels`` of them by default).
+
+    Raises
+    ------
+    ConfigError
+        A per-channel list whose length is not the channel count, or an unresolved ``auto``.
+    """
+    n = int(data.channels if channels is None else channels)
+    if isinstance(data.modality, str):
+        if data.modality.upper() == AUTO_MODALITY:
+            raise ConfigError("data.modality 'auto' is resolved from dataset.json when training starts")
+        return [data.modality.upper()] * n
+    names = [str(m).upper() for m in data.modality]
+    if len(names) == 1:
+        return names * n
+    if len(names) != n:
+        raise ConfigError(f"data.modality lists {len(names)} channel(s) {names} but the images have {n}")
+    return names
+
 
 @dataclass
 class DataConfig:
@@ -55,8 +97,14 @@ class DataConfig:
         Path of an MSD-style ``dataset.json`` (``training``, ``validation``,
         ``unlabeled``, ``test`` lists), relative paths resolved against its folder.
     modality:
-        ``"MR"`` (per-volume z-score over the whole volume, as UA-MT) or ``"CT"`` (clip to
-        ``ct_window`` then scale to [0, 1]).
+        Intensity normalisation: ``"MR"`` (per-volume z-score over the whole volume, as
+        UA-MT), ``"CT"`` (clip to ``ct_window`` then scale to [0, 1]) or ``"RGB"``
+        (0..255 to [0, 1]), for every channel; a list gives one per channel; ``"auto"``
+        takes each channel's name from dataset.json (``modality`` or ``channel_names``:
+        CT -> CT, R/G/B -> RGB, anything else -> MR, nnU-Net's rule) and is saved resolved.
+    channels:
+        Input channels of the network; set from the data when training starts (4D
+        MSD files, one file per channel, RGB images) and saved with the run.
     spatial_dims:
         3 trains on 3D patches; 2 trains slice-wise along the last image axis (z),
         for strongly anisotropic volumes such as ACDC.
@@ -71,7 +119,8 @@ class DataConfig:
     """
 
     dataset: str = ""
-    modality: str = "MR"
+    modality: str | list[str] = "MR"
+    channels: int = 1
     spatial_dims: int = 3
     patch_size: list[int] = field(default_factory=lambda: [112, 112, 80])
     target_spacing: list[float] | None = None
@@ -138,6 +187,9 @@ class TrainConfig:
     # too (docs/benchmarks.md, "Reproducible training").
     deterministic: bool = False
     threads: int | None = None  # torch CPU threads for this run; None keeps the process default
+    # TensorBoard event files in <run>/tensorboard beside progress.jsonl (needs the optional
+    # `tensorboard` package; MONAI users look there first).
+    tensorboard: bool = False
     val_every: int = 200
     checkpoint_every: int = 100
     log_every: int = 10
@@ -215,8 +267,13 @@ class RunConfig:
                 f"{source}: data.patch_size {d.patch_size} must be divisible by {divisor} for network "
                 f"{self.network.name!r}; nearest: {[max(divisor, round(int(p) / divisor) * divisor) for p in d.patch_size]}"
             )
-        if d.modality.upper() not in ("MR", "CT"):
-            raise ConfigError(f"{source}: data.modality must be 'MR' or 'CT', got {d.modality!r}")
+        if isinstance(d.modality, str):
+            if d.modality.upper() not in (*NORMALISATIONS, AUTO_MODALITY):
+                raise ConfigError(f"{source}: data.modality must be 'MR', 'CT', 'RGB' or 'auto', got {d.modality!r}")
+        elif not d.modality or any(str(m).upper() not in NORMALISATIONS for m in d.modality):
+            raise ConfigError(f"{source}: data.modality list must name one of MR, CT, RGB per channel, got {d.modality!r}")
+        if int(d.channels) < 1:
+            raise ConfigError(f"{source}: data.channels must be >= 1, got {d.channels}")
         if not 0.0 <= d.foreground_oversample <= 1.0:
             raise ConfigError(f"{source}: data.foreground_oversample must be in [0, 1]")
         for key, value, lowest in (

@@ -6,16 +6,19 @@ module that transposes to and from SimpleITK's ``(z, y, x)``.
 """
 
 from .cache import CachedCase, PreprocessCache, foreground_samples
-from .checks import DEFAULT_MEMORY_LIMIT_GIB, check_case, check_dataset, check_image
+from .checks import DEFAULT_MEMORY_LIMIT_GIB, check_case, check_dataset, check_image, count_channels
 from .dataset import Case, DatasetSpec, case_name_from_path, strip_extension
 from .errors import DataError
 from .io import (
     GEOMETRY_TOLERANCE,
     Geometry,
     array_to_image,
+    channels_to_array,
     geometry_difference,
     geometry_of,
     image_to_array,
+    read_channels,
+    read_channels_geometry,
     read_geometry,
     read_image,
     same_geometry,
@@ -39,6 +42,9 @@ __all__ = [
     "Geometry",
     "GEOMETRY_TOLERANCE",
     "read_image",
+    "read_channels",
+    "read_channels_geometry",
+    "channels_to_array",
     "read_geometry",
     "image_to_array",
     "array_to_image",
@@ -56,6 +62,7 @@ __all__ = [
     "check_case",
     "check_dataset",
     "check_image",
+    "count_channels",
     "DEFAULT_MEMORY_LIMIT_GIB",
     # preprocessing
     "preprocess_image",

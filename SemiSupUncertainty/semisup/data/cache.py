@@ -40,9 +40,9 @@ from typing import Any
 import numpy as np
 
 from ..config import DataConfig
-from .dataset import Case
+from .dataset import IGNORE_INDEX, Case
 from .errors import DataError
-from .io import read_geometry, read_image
+from .io import read_channels, read_channels_geometry, read_image
 from .preprocess import preprocess_image, preprocess_label, preprocessed_geometry
 
 __all__ = ["PreprocessCache", "CachedCase", "foreground_samples", "CACHE_VERSION"]
@@ -95,7 +95,7 @@ def foreground_samples(label: np.ndarray, max_per_class: int = MAX_FOREGROUND_SA
     rng = np.random.default_rng(seed)
     rows = []
     for value in np.unique(label):
-        if value == 0:
+        if value == 0 or value == IGNORE_INDEX:  # background and unlabeled voxels are no crop centres
             continue
         locs = np.argwhere(label == value)
         keep = min(len(locs), max(max_per_class, int(np.ceil(0.01 * len(locs)))))
@@ -151,6 +151,9 @@ class PreprocessCache:
     cfg:
         The data settings; ``modality``, ``target_spacing``, ``ct_window`` (CT) and
         ``spatial_dims`` (array layout) are part of the key.
+    ignore_label:
+        The dataset's ``ignore`` value, stored as ``IGNORE_INDEX`` in cached labels
+        (part of the label key).
 
     Attributes
     ----------
@@ -158,33 +161,42 @@ class PreprocessCache:
         Arrays found in / written to the cache by this object.
     """
 
-    def __init__(self, cache_dir: str | os.PathLike, cfg: DataConfig) -> None:
+    def __init__(self, cache_dir: str | os.PathLike, cfg: DataConfig, ignore_label: int | None = None) -> None:
         self.dir = Path(cache_dir)
         self.dir.mkdir(parents=True, exist_ok=True)
         self.cfg = cfg
+        self.ignore_label = ignore_label
         self.order = "F" if cfg.spatial_dims == 2 else "C"
         self.hits = 0
         self.misses = 0
 
     # -- keys -----------------------------------------------------------------------
     def _settings(self) -> dict[str, Any]:
-        modality = self.cfg.modality.upper()
+        m = self.cfg.modality
+        # A single name keeps its old key form, so entries made before multi-channel inputs stay valid.
+        modality: Any = m.upper() if isinstance(m, str) else [str(v).upper() for v in m]
         settings: dict[str, Any] = {
             "version": CACHE_VERSION,
             "modality": modality,
             "target_spacing": None if self.cfg.target_spacing is None else [float(v) for v in self.cfg.target_spacing],
             "order": self.order,
         }
-        if modality == "CT":
+        if "CT" in (modality if isinstance(modality, list) else [modality]):
             settings["ct_window"] = [float(v) for v in self.cfg.ct_window]
         return settings
 
-    def image_key(self, image: Path) -> str:
-        return _digest({"image": _stamp(Path(image)), **self._settings()})
+    def image_key(self, image: Path | Case) -> str:
+        if isinstance(image, Case) and image.channels:
+            return _digest({"image": [_stamp(Path(f)) for f in image.files], **self._settings()})
+        path = image.image if isinstance(image, Case) else image
+        return _digest({"image": _stamp(Path(path)), **self._settings()})
 
     def label_key(self, label: Path, image_key: str) -> str:
         # The label is resampled onto its image's grid, so the image key is part of it.
-        return _digest({"label": _stamp(Path(label)), "image_key": image_key, "version": CACHE_VERSION})
+        key = {"label": _stamp(Path(label)), "image_key": image_key, "version": CACHE_VERSION}
+        if self.ignore_label is not None:  # absent otherwise: entries made before sparse labels stay valid
+            key["ignore"] = int(self.ignore_label)
+        return _digest(key)
 
     def _base(self, name: str, key: str) -> Path:
         safe = re.sub(r"[^A-Za-z0-9._-]+", "_", name)[:80]
@@ -201,7 +213,7 @@ class PreprocessCache:
         DataError
             A file is missing or unreadable (message names it).
         """
-        image_key = self.image_key(case.image)
+        image_key = self.image_key(case)
         base = self._base(case.name, image_key)
         image_file, meta_file = Path(f"{base}.image.npy"), Path(f"{base}.json")
         sitk_image = None
@@ -210,7 +222,7 @@ class PreprocessCache:
             meta = json.loads(meta_file.read_text(encoding="utf-8"))
         else:
             self.misses += 1
-            sitk_image = read_image(case.image)
+            sitk_image = read_channels(case.files)
             arr = preprocess_image(sitk_image, self.cfg)
             grid = preprocessed_geometry(sitk_image, self.cfg.target_spacing)
             _save_npy(image_file, arr, self.order)
@@ -224,9 +236,11 @@ class PreprocessCache:
                 self.hits += 1
             else:
                 self.misses += 1
-                reference = sitk_image if sitk_image is not None else read_geometry(case.image)
+                reference = sitk_image if sitk_image is not None else read_channels_geometry(case.files)[0]
                 try:
-                    lab = preprocess_label(read_image(case.label), self.cfg, reference=reference)
+                    lab = preprocess_label(
+                        read_image(case.label), self.cfg, reference=reference, ignore_label=self.ignore_label
+                    )
                 except DataError as exc:
                     if str(case.label) in str(exc):
                         raise

@@ -18,10 +18,20 @@ import SimpleITK as sitk
 
 from .dataset import Case, DatasetSpec
 from .errors import DataError
-from .io import Geometry, geometry_difference, geometry_of, image_to_array, read_geometry, read_image
+from .io import (
+    Geometry,
+    channels_to_array,
+    geometry_difference,
+    geometry_of,
+    image_to_array,
+    read_channels,
+    read_channels_geometry,
+    read_geometry,
+    read_image,
+)
 from .preprocess import preprocessed_geometry
 
-__all__ = ["check_case", "check_dataset", "check_geometry", "check_image", "DEFAULT_MEMORY_LIMIT_GIB"]
+__all__ = ["check_case", "check_dataset", "check_geometry", "check_image", "count_channels", "DEFAULT_MEMORY_LIMIT_GIB"]
 
 #: Largest volume accepted, as float32 after resampling (the network input).
 DEFAULT_MEMORY_LIMIT_GIB = 2.0
@@ -60,14 +70,14 @@ def _dimension_problems(geom: Geometry, name: str, spatial_dims: int) -> list[st
 
 
 def _memory_problems(
-    geom: Geometry, name: str, memory_limit_gib: float, target_spacing: Sequence[float] | None
+    geom: Geometry, name: str, memory_limit_gib: float, target_spacing: Sequence[float] | None, channels: int = 1
 ) -> list[str]:
-    """The volume as float32 on the preprocessed grid must fit ``memory_limit_gib``."""
+    """The volume (all ``channels``) as float32 on the preprocessed grid must fit ``memory_limit_gib``."""
     try:
         grid = preprocessed_geometry(geom, target_spacing)
     except DataError as exc:
         return [f"{name}: {exc}"]
-    nbytes = 4 * math.prod(grid.size)
+    nbytes = 4 * channels * math.prod(grid.size)
     limit = memory_limit_gib * _GIB
     if nbytes <= limit:
         return []
@@ -90,8 +100,10 @@ def _image_value_problems(arr: np.ndarray, name: str) -> list[str]:
     return []
 
 
-def _label_findings(arr: np.ndarray, name: str, num_classes: int) -> tuple[list[str], list[str]]:
-    """(problems, warnings) of a label array's values."""
+def _label_findings(
+    arr: np.ndarray, name: str, num_classes: int, ignore_label: int | None = None
+) -> tuple[list[str], list[str]]:
+    """(problems, warnings) of a label array's values; ``ignore_label`` voxels are allowed."""
     if arr.dtype.kind == "f":
         finite = np.isfinite(arr)
         if not finite.all():
@@ -104,15 +116,21 @@ def _label_findings(arr: np.ndarray, name: str, num_classes: int) -> tuple[list[
         return [f"{name}: label pixel type {arr.dtype} is not an integer type"], []
     if arr.size == 0:
         return [f"{name}: label is empty"], []
-    lo, hi = arr.min(), arr.max()
+    bad = (arr < 0) | (arr > num_classes - 1)
+    if ignore_label is not None:
+        bad &= arr != ignore_label
     problems = []
-    if lo < 0 or hi > num_classes - 1:
-        outside = np.unique(arr[(arr < 0) | (arr > num_classes - 1)])
+    if bad.any():
+        outside = np.unique(arr[bad])
         shown = ", ".join(f"{v:g}" for v in outside[:10]) + (", ..." if outside.size > 10 else "")
-        problems.append(
-            f"{name}: label values {shown} outside 0..{num_classes - 1} (the dataset has {num_classes} classes)"
-        )
-    warnings = [] if hi > 0 else [f"{name}: {NO_FOREGROUND}"]
+        allowed = f"0..{num_classes - 1}" + (f" and {ignore_label} (ignore)" if ignore_label is not None else "")
+        problems.append(f"{name}: label values {shown} outside {allowed} (the dataset has {num_classes} classes)")
+    labeled = arr if ignore_label is None else arr[arr != ignore_label]
+    warnings = []
+    if labeled.size == 0:
+        warnings.append(f"{name}: every voxel is {ignore_label} (ignore): the case teaches nothing")
+    elif labeled.max() <= 0:
+        warnings.append(f"{name}: {NO_FOREGROUND}")
     return problems, warnings
 
 
@@ -123,6 +141,7 @@ def _case_findings(
     memory_limit_gib: float,
     target_spacing: Sequence[float] | None,
     root: Path | None,
+    ignore_label: int | None = None,
 ) -> tuple[list[str], list[str]]:
     img_name = _display(case.image, root)
     lab_name = _display(case.label, root) if case.label is not None else ""
@@ -132,8 +151,9 @@ def _case_findings(
 
     problems: list[str] = []
     warnings: list[str] = []
+    channels = 1
     try:
-        image_geom: Geometry | None = read_geometry(case.image)
+        image_geom, channels = read_channels_geometry(case.files)
     except DataError as exc:
         problems.append(reword(exc, case.image, img_name))
         image_geom = None
@@ -145,16 +165,16 @@ def _case_findings(
             problems.append(reword(exc, case.label, lab_name))
     if image_geom is not None:
         problems += _dimension_problems(image_geom, img_name, spatial_dims)
-        too_large = _memory_problems(image_geom, img_name, memory_limit_gib, target_spacing)
+        too_large = _memory_problems(image_geom, img_name, memory_limit_gib, target_spacing, channels)
         problems += too_large
         if label_geom is not None:
             diff = geometry_difference(label_geom, image_geom)
             if diff:
                 problems.append(f"{lab_name}: geometry differs from its image {img_name} ({diff})")
         if not too_large:  # never read the voxels of a volume too large for memory
-            problems += _image_value_problems(image_to_array(read_image(case.image)), img_name)
+            problems += _image_value_problems(channels_to_array(read_channels(case.files)), img_name)
     if label_geom is not None and not _memory_problems(label_geom, lab_name, memory_limit_gib, target_spacing):
-        p, w = _label_findings(image_to_array(read_image(case.label)), lab_name, num_classes)
+        p, w = _label_findings(image_to_array(read_image(case.label)), lab_name, num_classes, ignore_label)
         problems += p
         warnings += w
     return problems, warnings
@@ -214,7 +234,9 @@ def check_dataset(
     warnings: list[str] = []
     empty: set[str] = set()
     for i, case in enumerate(cases, start=1):
-        p, w = _case_findings(case, spec.num_classes, spatial_dims, memory_limit_gib, target_spacing, spec.root)
+        p, w = _case_findings(
+            case, spec.num_classes, spatial_dims, memory_limit_gib, target_spacing, spec.root, spec.ignore_label
+        )
         problems += p
         warnings += w
         if case.label is not None and any(x.endswith(NO_FOREGROUND) for x in w):
@@ -263,10 +285,34 @@ def check_image(
     """
     name = str(path)
     geom = geometry_of(image)
-    too_large = _memory_problems(geom, name, memory_limit_gib, target_spacing)
+    too_large = _memory_problems(geom, name, memory_limit_gib, target_spacing, image.GetNumberOfComponentsPerPixel())
     problems = _dimension_problems(geom, name, spatial_dims) + too_large
     if not too_large:
-        problems += _image_value_problems(image_to_array(image), name)
+        problems += _image_value_problems(channels_to_array(image), name)
     if problems:
         _raise(problems, name)
     return []
+
+
+def count_channels(spec: DatasetSpec) -> int:
+    """The number of input channels every case of ``spec`` has (from the file headers).
+
+    Raises
+    ------
+    DataError
+        Cases disagree (naming a case of each count), or dataset.json names a
+        different number of channels (``modality`` / ``channel_names``).
+    """
+    counts: dict[int, str] = {}
+    for case in spec.all_cases:
+        counts.setdefault(read_channels_geometry(case.files)[1], _display(case.image, spec.root))
+    if len(counts) > 1:
+        listed = "; ".join(f"{c} channel(s): {name}" for c, name in sorted(counts.items()))
+        raise DataError(f"{spec.source}: cases have different numbers of channels ({listed})")
+    channels = next(iter(counts))
+    if spec.channel_names and len(spec.channel_names) != channels:
+        raise DataError(
+            f"{spec.source}: 'modality'/'channel_names' lists {len(spec.channel_names)} channel(s) "
+            f"{spec.channel_names} but the images have {channels} ({counts[channels]})"
+        )
+    return channels

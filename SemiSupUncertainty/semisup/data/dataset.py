@@ -20,6 +20,8 @@ from typing import Any
 from .errors import DataError
 
 __all__ = [
+    "IGNORE_INDEX",
+    "group_inputs",
     "Case",
     "DatasetSpec",
     "IMAGE_EXTENSIONS",
@@ -32,6 +34,12 @@ log = logging.getLogger(__name__)
 
 #: File endings read as images, longest first so ``.seg.nrrd`` wins over ``.nrrd``.
 IMAGE_EXTENSIONS: tuple[str, ...] = (".seg.nrrd", ".nii.gz", ".nhdr", ".nrrd", ".nii", ".mha", ".mhd")
+#: The value every declared ``ignore`` label is mapped to on the preprocessed grid (the
+#: cache, the batches, the losses and the metrics): the largest uint8, so it never
+#: collides with a class value and ``F.cross_entropy(ignore_index=...)`` takes it.
+IGNORE_INDEX = 255
+#: Name of the label entry that declares the ignore value (nnU-Net v2 ``dataset.json``).
+IGNORE_KEY = "ignore"
 #: A label file may be named ``<case><suffix>.<ext>`` beside or instead of ``<case>.<ext>``.
 LABEL_SUFFIXES: tuple[str, ...] = ("_label", "_seg")
 
@@ -52,15 +60,25 @@ def case_name_from_path(path: str | os.PathLike) -> str:
 
 @dataclass(frozen=True)
 class Case:
-    """One image, with its label map when it has one."""
+    """One image, with its label map when it has one.
+
+    ``image`` is the (first) image file; ``channels`` the files of further channels
+    when each channel is its own file (nnU-Net's ``case_0000``, ``case_0001``, ...).
+    """
 
     name: str
     image: Path
     label: Path | None = None
+    channels: tuple[Path, ...] = ()
 
     @property
     def labeled(self) -> bool:
         return self.label is not None
+
+    @property
+    def files(self) -> list[Path]:
+        """Every image file of the case, channel order."""
+        return [self.image, *self.channels]
 
 
 @dataclass
@@ -79,6 +97,13 @@ class DatasetSpec:
         Cases whose labels (if any) are not used for training.
     source:
         Where the spec came from, used in error messages.
+    ignore_label:
+        The label value of voxels nobody labeled (``"ignore": N`` in ``labels``, as
+        nnU-Net v2 declares it): excluded from the supervised losses and the metrics.
+        Must be above every class value (nnU-Net v2's rule) and at most 255.
+    channel_names:
+        Input channel names by index (``modality`` of MSD, ``channel_names`` of
+        nnU-Net v2), empty when the dataset does not say.
     """
 
     root: Path
@@ -89,11 +114,20 @@ class DatasetSpec:
     test: list[Case] = field(default_factory=list)
     name: str = ""
     source: str = field(default="dataset", compare=False)
+    ignore_label: int | None = None
+    channel_names: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         self.root = Path(self.root)
         self.labels = {int(k): str(v) for k, v in self.labels.items()}
         keys = sorted(self.labels)
+        if self.ignore_label is not None:
+            self.ignore_label = int(self.ignore_label)
+            if not keys or not max(keys) < self.ignore_label <= IGNORE_INDEX:
+                raise DataError(
+                    f"{self.source}: labels: 'ignore' is {self.ignore_label}; it must be above every class value "
+                    f"(largest {max(keys) if keys else 'none'}) and at most {IGNORE_INDEX}"
+                )
         if 0 not in self.labels:
             raise DataError(f"{self.source}: labels: no entry for 0 (background); got {keys}")
         if keys != list(range(len(keys))):
@@ -144,7 +178,7 @@ class DatasetSpec:
         """
         if not 1 <= n <= len(self.training):
             raise DataError(f"{self.source}: cannot keep {n} labeled cases out of {len(self.training)} training cases")
-        freed = [Case(c.name, c.image, None) for c in self.training[n:]]
+        freed = [Case(c.name, c.image, None, c.channels) for c in self.training[n:]]
         return dataclasses.replace(self, training=list(self.training[:n]), unlabeled=[*freed, *self.unlabeled])
 
     def hold_out_validation(self, count: int) -> "DatasetSpec":
@@ -185,21 +219,16 @@ class DatasetSpec:
             raise DataError(f"{path}: key {exc.args[0]!r} appears twice in one object; JSON keeps only the last, so name it once") from None
         if not isinstance(raw, dict):
             raise DataError(f"{path}: expected a JSON object with 'labels' and 'training'")
+        if "training" not in raw and "channel_names" in raw and "labels" in raw:
+            raw = {**raw, **_nnunet_v2_lists(path.resolve().parent, raw, path)}
         for key in ("labels", "training"):
             if key not in raw:
                 raise DataError(f"{path}: missing key {key!r}")
         if not isinstance(raw["labels"], dict):
             raise DataError(f"{path}: 'labels' must map label values to names, e.g. {{\"0\": \"background\"}}")
-        labels: dict[int, str] = {}
-        for k, v in raw["labels"].items():
-            try:
-                value = int(k)
-            except ValueError:
-                raise DataError(f"{path}: labels: key {k!r} is not an integer label value") from None
-            if value in labels:
-                raise DataError(f"{path}: labels: label value {value} is listed twice ({k!r} and another key)")
-            labels[value] = str(v)
+        labels, ignore = parse_labels(raw["labels"], str(path))
         root = path.resolve().parent
+        channel_names = _channel_names(raw, path)
         splits: dict[str, list[Case]] = {}
         for split, need_label in (("training", True), ("validation", True), ("unlabeled", False), ("test", False)):
             items = raw.get(split) or []
@@ -214,12 +243,23 @@ class DatasetSpec:
                 f"{where}: {p}"
                 for split, cases in splits.items()
                 for i, case in enumerate(cases)
-                for where, p in ((f"{split}[{i}].image", case.image), (f"{split}[{i}].label", case.label))
-                if p is not None and not p.is_file()
+                for where, p in (
+                    *((f"{split}[{i}].image", f) for f in case.files),
+                    (f"{split}[{i}].label", case.label),
+                )
+                if p is not None and not (p.is_file() or (p.is_dir() and where.endswith(".image")))
             ]
             if missing:
                 raise DataError(f"{path}: {len(missing)} listed file(s) absent:\n  " + "\n  ".join(missing))
-        return cls(root=root, labels=labels, name=str(raw.get("name", "")), source=str(path), **splits)
+        return cls(
+            root=root,
+            labels=labels,
+            name=str(raw.get("name", "")),
+            source=str(path),
+            ignore_label=ignore,
+            channel_names=channel_names,
+            **splits,
+        )
 
     def to_json(self, path: str | os.PathLike) -> Path:
         """Write an MSD-style ``dataset.json`` (atomically); paths under its folder are
@@ -234,18 +274,26 @@ class DatasetSpec:
             except ValueError:
                 return str(p)
 
-        def labeled(cases: list[Case]) -> list[dict[str, str]]:
-            return [{"image": rel(c.image), "label": rel(c.label)} for c in cases if c.label is not None]
+        def image(c: Case) -> str | list[str]:
+            return [rel(f) for f in c.files] if c.channels else rel(c.image)
+
+        def labeled(cases: list[Case]) -> list[dict[str, Any]]:
+            return [{"image": image(c), "label": rel(c.label)} for c in cases if c.label is not None]
 
         out: dict[str, Any] = {
             "name": self.name,
-            "labels": {str(k): v for k, v in sorted(self.labels.items())},
+            "labels": {
+                **{str(k): v for k, v in sorted(self.labels.items())},
+                **({IGNORE_KEY: self.ignore_label} if self.ignore_label is not None else {}),
+            },
             "numTraining": len(self.training),
             "training": labeled(self.training),
             "validation": labeled(self.validation),
-            "unlabeled": [{"image": rel(c.image)} for c in self.unlabeled],
-            "test": [rel(c.image) if c.label is None else {"image": rel(c.image), "label": rel(c.label)} for c in self.test],
+            "unlabeled": [{"image": image(c)} for c in self.unlabeled],
+            "test": [{"image": image(c)} if c.label is None else {"image": image(c), "label": rel(c.label)} for c in self.test],
         }
+        if self.channel_names:
+            out["modality"] = {str(i): n for i, n in enumerate(self.channel_names)}
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         tmp.write_text(json.dumps(out, indent=2) + "\n", encoding="utf-8")
@@ -329,6 +377,47 @@ class DatasetSpec:
         )
 
 
+# -- prediction inputs --------------------------------------------------------------
+def group_inputs(paths: Sequence[str | os.PathLike], channels: int) -> list[Case]:
+    """Cases from prediction inputs for a model of ``channels`` input channels.
+
+    A file (or DICOM folder) that holds all ``channels`` itself (4D, RGB, single
+    channel for a 1-channel model) is one case; files named ``<case>_0000<ext>``,
+    ``<case>_0001<ext>``, ... (nnU-Net) are grouped into one case each.
+
+    Raises
+    ------
+    DataError
+        A file's channel count fits neither way, or a group misses channels.
+    """
+    from .io import read_channels_geometry
+
+    cases: list[Case] = []
+    groups: dict[str, list[tuple[str, Path]]] = {}
+    for raw in paths:
+        path = Path(raw)
+        count = read_channels_geometry(path)[1]
+        name = case_name_from_path(path)
+        if count == channels:
+            cases.append(Case(name, path))
+            continue
+        base = _strip_channel_suffix(name)
+        if count != 1 or base == name:
+            raise DataError(
+                f"{path}: has {count} channel(s) but the model takes {channels}; give one file with all channels "
+                f"or one file per channel named <case>_0000{''.join(path.suffixes)}, <case>_0001..."
+            )
+        groups.setdefault(base, []).append((name, path))
+    for base, members in groups.items():
+        members.sort()
+        if len(members) != channels:
+            listed = ", ".join(p.name for _, p in members)
+            raise DataError(f"{base}: {len(members)} channel file(s) ({listed}) but the model takes {channels}")
+        files = [p for _, p in members]
+        cases.append(Case(base, files[0], None, tuple(files[1:])))
+    return cases
+
+
 # -- helpers ------------------------------------------------------------------------
 class _DuplicateKey(Exception):
     pass
@@ -344,6 +433,41 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     return out
 
 
+def parse_labels(raw: Mapping[str, Any], source: str) -> tuple[dict[int, str], int | None]:
+    """Class names by value, and the ignore value, from a ``dataset.json`` ``labels`` object.
+
+    Accepts MSD's ``{"0": "background", "1": "atrium"}`` and nnU-Net v2's
+    ``{"background": 0, "atrium": 1}``; either may add ``"ignore": N`` (nnU-Net v2's
+    declaration of unlabeled voxels).
+    """
+    labels: dict[int, str] = {}
+    ignore: int | None = None
+    for k, v in raw.items():
+        if str(k).strip().lower() == IGNORE_KEY and not isinstance(v, str):
+            if isinstance(v, bool) or not isinstance(v, int):
+                raise DataError(f"{source}: labels: 'ignore' must be an integer label value, got {v!r}")
+            ignore = int(v)
+            continue
+        try:
+            value = int(k)
+        except ValueError:
+            pass
+        else:
+            if value in labels:
+                raise DataError(f"{source}: labels: label value {value} is listed twice ({k!r} and another key)")
+            labels[value] = str(v)
+            continue
+        if isinstance(v, int) and not isinstance(v, bool):  # nnU-Net v2: name -> value
+            if v in labels:
+                raise DataError(f"{source}: labels: value {v} is given twice ({labels[v]!r} and {k!r})")
+            labels[int(v)] = str(k)
+        else:
+            raise DataError(
+                f"{source}: labels: key {k!r} is not an integer label value (and {v!r} is not one either)"
+            )
+    return labels, ignore
+
+
 def _parse_entry(item: Any, root: Path, where: str, need_label: bool, keep_label: bool, source: Path) -> Case:
     if isinstance(item, str):
         image, label = item, None
@@ -355,12 +479,82 @@ def _parse_entry(item: Any, root: Path, where: str, need_label: bool, keep_label
         raise DataError(f"{source}: {where} must be a file name or an object with 'image', got {type(item).__name__}")
     if need_label and not label:
         raise DataError(f"{source}: {where} has no 'label'; list unlabeled images under 'unlabeled'")
-    for value, key in ((image, "image"), (label, "label")):
+    images = image if isinstance(image, list) else [image]
+    for value, key in (*((v, "image") for v in images), (label, "label")):
         if value is not None and not isinstance(value, str):
             raise DataError(f"{source}: {where}.{key} must be a path string, got {type(value).__name__}")
-    image_path = _resolve(image, root)
+    if not images:
+        raise DataError(f"{source}: {where}.image is an empty list")
+    paths = [_resolve(v, root) for v in images]
     label_path = _resolve(label, root) if (label and keep_label) else None
-    return Case(case_name_from_path(image_path), image_path, label_path)
+    if len(paths) == 1 and not paths[0].exists():
+        found = _channel_files(paths[0])  # nnU-Net: "case.nii.gz" names case_0000.nii.gz, case_0001.nii.gz, ...
+        if found:
+            return Case(case_name_from_path(paths[0]), found[0], label_path, tuple(found[1:]))
+    name = case_name_from_path(paths[0])
+    if len(paths) > 1:
+        name = _strip_channel_suffix(name)
+    return Case(name, paths[0], label_path, tuple(paths[1:]))
+
+
+#: nnU-Net's channel suffix: ``<case>_0000.<ext>`` is channel 0.
+_CHANNEL_DIGITS = 4
+
+
+def _strip_channel_suffix(name: str) -> str:
+    stem, _, digits = name.rpartition("_")
+    return stem if stem and len(digits) == _CHANNEL_DIGITS and digits.isdigit() else name
+
+
+def _channel_files(path: Path) -> list[Path]:
+    """``<case>_0000<ext>``, ``<case>_0001<ext>``, ... beside ``path`` (``<case><ext>``), in order."""
+    name = path.name
+    ext = next((e for e in IMAGE_EXTENSIONS if name.lower().endswith(e)), "".join(path.suffixes))
+    stem = name[: len(name) - len(ext)] if ext else name
+    found = []
+    for c in range(10**_CHANNEL_DIGITS):
+        candidate = path.with_name(f"{stem}_{c:0{_CHANNEL_DIGITS}d}{ext}")
+        if not candidate.is_file():
+            break
+        found.append(candidate)
+    return found
+
+
+def _channel_names(raw: Mapping[str, Any], source: Path) -> list[str]:
+    """``channel_names`` (nnU-Net v2) or ``modality`` (MSD) as a list by channel index."""
+    names = raw.get("channel_names", raw.get("modality"))
+    if names is None:
+        return []
+    if not isinstance(names, dict):
+        raise DataError(f"{source}: 'channel_names'/'modality' must map channel indices to names, e.g. {{\"0\": \"T2\"}}")
+    try:
+        by_index = {int(k): str(v) for k, v in names.items()}
+    except ValueError:
+        raise DataError(f"{source}: 'channel_names'/'modality' keys must be channel indices 0, 1, ...") from None
+    if sorted(by_index) != list(range(len(by_index))):
+        raise DataError(f"{source}: channel indices must be 0..C-1 without gaps, got {sorted(by_index)}")
+    return [by_index[i] for i in range(len(by_index))]
+
+
+def _nnunet_v2_lists(root: Path, raw: Mapping[str, Any], source: Path) -> dict[str, list[dict[str, Any]]]:
+    """``training`` and ``test`` of an nnU-Net v2 raw dataset (no lists in its dataset.json):
+    ``imagesTr/<case>_0000<file_ending>`` with ``labelsTr/<case><file_ending>``, and ``imagesTs``."""
+    ending = str(raw.get("file_ending", ".nii.gz"))
+    lists: dict[str, list[dict[str, Any]]] = {"training": [], "test": []}
+    for split, folder, labels in (("training", "imagesTr", "labelsTr"), ("test", "imagesTs", None)):
+        images = root / folder
+        if not images.is_dir():
+            if split == "training":
+                raise DataError(f"{source}: no 'training' list and no {folder}/ folder beside it")
+            continue
+        suffix = f"_{0:0{_CHANNEL_DIGITS}d}{ending}"
+        for first in sorted(images.glob(f"*{suffix}")):
+            case = first.name[: -len(suffix)]
+            entry: dict[str, Any] = {"image": f"./{folder}/{case}{ending}"}
+            if labels is not None:
+                entry["label"] = f"./{labels}/{case}{ending}"
+            lists[split].append(entry)
+    return lists
 
 
 def _resolve(value: str, root: Path) -> Path:

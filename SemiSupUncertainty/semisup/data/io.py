@@ -4,8 +4,13 @@ This module is the only place that transposes between SimpleITK's array order
 ``(z, y, x)`` and the project's order ``(x, y, z)`` (ITK's index order, which MONAI
 also uses after its channel axis). Every other module sees ``(x, y, z)`` arrays.
 
-Only scalar 2D and 3D images are supported; vector (RGB, multi-layer segmentation)
-and 4D images raise :class:`DataError` with the file name.
+:func:`read_image` reads scalar 2D and 3D images (labels, single-channel images);
+vector (RGB, multi-layer segmentation) and 4D images raise :class:`DataError` with
+the file name. Network inputs of several channels go through :func:`read_channels`:
+an MSD 4D file (channels on the last axis), a vector image (RGB PNG/JPG/BMP, a
+multi-component NRRD), one file per channel (nnU-Net's ``case_0000``, ``case_0001``,
+same grid required) or a DICOM series folder; the result is one 2D/3D image whose
+voxels have ``C`` components, and :func:`channels_to_array` gives ``(C, x, y[, z])``.
 """
 
 from __future__ import annotations
@@ -14,6 +19,7 @@ import os
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -24,6 +30,10 @@ from .errors import DataError
 __all__ = [
     "Geometry",
     "read_image",
+    "read_channels",
+    "read_channels_geometry",
+    "channels_to_array",
+    "NATURAL_IMAGE_EXTENSIONS",
     "read_geometry",
     "read_metadata",
     "image_to_array",
@@ -39,6 +49,8 @@ __all__ = [
 
 #: Relative tolerance for comparing spacing, origin and direction (absolute below 1).
 GEOMETRY_TOLERANCE = 1e-4
+#: 2D photographs (RGB or grey); SimpleITK reads them through its PNG/JPEG/BMP IO.
+NATURAL_IMAGE_EXTENSIONS: tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp")
 
 
 @dataclass(frozen=True)
@@ -106,6 +118,22 @@ def _check_supported(path: Path | str, dimension: int, components: int, size: tu
         )
 
 
+def _read_dicom_series(folder: Path) -> sitk.Image:
+    """The first DICOM series of ``folder`` (SimpleITK ``ImageSeriesReader``, slices sorted
+    by position by GDCM)."""
+    ids = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not ids:
+        raise DataError(f"{folder}: is a folder without a DICOM series (give an image file or a DICOM folder)")
+    if len(ids) > 1:
+        raise DataError(f"{folder}: holds {len(ids)} DICOM series; put each series in its own folder")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), ids[0]))
+    try:
+        return reader.Execute()
+    except RuntimeError as exc:
+        raise DataError(f"{folder}: DICOM series cannot be read ({_sitk_message(exc)})") from None
+
+
 def read_image(path: str | os.PathLike) -> sitk.Image:
     """Read any scalar 2D/3D image SimpleITK can read (NRRD, NIfTI, MHA/MHD, ...).
 
@@ -114,15 +142,136 @@ def read_image(path: str | os.PathLike) -> sitk.Image:
     DataError
         The file is missing, unreadable, multi-component or not 2D/3D.
     """
+    img = _read_any(path)
+    _check_supported(path, img.GetDimension(), img.GetNumberOfComponentsPerPixel(), img.GetSize())
+    return img
+
+
+def _read_any(path: str | os.PathLike) -> sitk.Image:
     path = Path(path)
+    if path.is_dir():
+        return _read_dicom_series(path)
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     try:
-        img = sitk.ReadImage(str(path))
+        return sitk.ReadImage(str(path))
     except RuntimeError as exc:
         raise DataError(f"{path}: cannot be read as an image ({_sitk_message(exc)})") from None
-    _check_supported(path, img.GetDimension(), img.GetNumberOfComponentsPerPixel(), img.GetSize())
-    return img
+
+
+def _split_4d(img: sitk.Image, path: Path | str) -> sitk.Image:
+    """An MSD 4D image (x, y, z, C) as a 3D image of C components."""
+    size = list(img.GetSize())
+    if img.GetNumberOfComponentsPerPixel() != 1:
+        raise DataError(f"{path}: 4D image with vector voxels is not supported")
+    parts = []
+    for c in range(size[3]):
+        parts.append(sitk.Extract(img, size[:3] + [0], [0, 0, 0, c]))
+    return parts[0] if len(parts) == 1 else sitk.Compose(parts)
+
+
+def read_channels(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> sitk.Image:
+    """A network input of one or more channels as one 2D/3D image (``C`` components).
+
+    Parameters
+    ----------
+    paths:
+        One file or DICOM folder (scalar, vector/RGB, or 4D with channels on the last
+        axis), or one file per channel, all on the same grid.
+
+    Raises
+    ------
+    DataError
+        A file is missing or unreadable, a 4D file is not (x, y, z, C), or the
+        channel files' grids differ (the message names both files and what differs).
+    """
+    files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not files:
+        raise DataError("no image file given")
+    images = []
+    for path in files:
+        img = _read_any(path)
+        dim = img.GetDimension()
+        if dim == 4:
+            img = _split_4d(img, path)
+        elif dim not in (2, 3):
+            raise DataError(f"{path}: is a {dim}D image; only 2D, 3D and 4D (x, y, z, channels) images are supported")
+        images.append(img)
+    if len(images) == 1:
+        return images[0]
+    first = images[0]
+    for path, img in zip(files[1:], images[1:]):
+        diff = geometry_difference(img, first)
+        if diff:
+            raise DataError(f"{path}: channel grid differs from {files[0]} ({diff}); every channel needs the same grid")
+    parts = [
+        img if img.GetNumberOfComponentsPerPixel() == 1 else sitk.VectorIndexSelectionCast(img, k)
+        for img in images
+        for k in range(img.GetNumberOfComponentsPerPixel())
+    ]
+    common = sitk.sitkFloat32 if len({p.GetPixelID() for p in parts}) > 1 else parts[0].GetPixelID()
+    return sitk.Compose([sitk.Cast(p, common) for p in parts])
+
+
+def read_channels_geometry(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> tuple[Geometry, int]:
+    """The spatial geometry and channel count of :func:`read_channels`'s result, from the
+    headers only (a DICOM folder is read whole)."""
+    files = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    geom: Geometry | None = None
+    channels = 0
+    for path in files:
+        path = Path(path)
+        if path.is_dir():
+            img = _read_dicom_series(path)
+            g, c = geometry_of(img), img.GetNumberOfComponentsPerPixel()
+        else:
+            g, c = _header(path)
+        if geom is not None:
+            diff = geometry_difference(g, geom)
+            if diff:
+                raise DataError(f"{path}: channel grid differs from {files[0]} ({diff}); every channel needs the same grid")
+        geom = g if geom is None else geom
+        channels += c
+    assert geom is not None
+    return geom, channels
+
+
+def _header(path: Path) -> tuple[Geometry, int]:
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    reader = sitk.ImageFileReader()
+    reader.SetFileName(str(path))
+    try:
+        reader.ReadImageInformation()
+    except RuntimeError as exc:
+        raise DataError(f"{path}: cannot be read as an image ({_sitk_message(exc)})") from None
+    dim, comps = reader.GetDimension(), reader.GetNumberOfComponents()
+    size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
+    direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)
+    if dim == 4:
+        if comps != 1:
+            raise DataError(f"{path}: 4D image with vector voxels is not supported")
+        comps, dim = int(size[3]), 3
+        direction = direction[:3, :3]
+    elif dim not in (2, 3):
+        raise DataError(f"{path}: is a {dim}D image; only 2D, 3D and 4D (x, y, z, channels) images are supported")
+    return (
+        Geometry(
+            size=tuple(int(s) for s in size[:dim]),
+            spacing=tuple(float(v) for v in spacing[:dim]),
+            origin=tuple(float(v) for v in origin[:dim]),
+            direction=tuple(float(v) for v in direction.ravel()),
+        ),
+        int(comps),
+    )
+
+
+def channels_to_array(img: sitk.Image) -> np.ndarray:
+    """Voxel values ``(C, x, y[, z])`` of a scalar or vector image (``C = 1`` for scalar)."""
+    arr = sitk.GetArrayFromImage(img)  # (z, y, x[, C])
+    if img.GetNumberOfComponentsPerPixel() == 1:
+        return arr.T[None]
+    return np.moveaxis(arr, -1, 0).transpose(0, *range(arr.ndim - 1, 0, -1))
 
 
 def read_metadata(path: str | os.PathLike, key: str) -> str | None:

@@ -250,7 +250,7 @@ def build_train_streams(
     unlabeled cases. Same ``seed`` (and ``num_workers``), same batches.
     """
     d, t = cfg.data, cfg.train
-    cache = PreprocessCache(cache_dir, d)
+    cache = PreprocessCache(cache_dir, d, ignore_label=spec.ignore_label)
     labeled_cases = cache.prepare(spec.training, with_label=True)
     use_unlabeled = t.unlabeled_batch > 0 and bool(spec.unlabeled)
     unlabeled_cases = cache.prepare(spec.unlabeled, with_label=False) if use_unlabeled else []
@@ -281,7 +281,7 @@ def load_validation_cases(spec: DatasetSpec, cfg: RunConfig, cache_dir: str | Pa
         ``torch.as_tensor`` works; convert one case at a time to keep RAM bounded),
         ``"name"``, ``"spacing"`` (mm, of the preprocessed grid).
     """
-    cache = PreprocessCache(cache_dir, cfg.data)
+    cache = PreprocessCache(cache_dir, cfg.data, ignore_label=spec.ignore_label)
     return [
         {"image": c.image(), "label": c.label(), "name": c.name, "spacing": c.spacing}
         for c in cache.prepare(spec.validation, with_label=True)

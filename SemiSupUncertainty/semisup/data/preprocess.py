@@ -29,9 +29,10 @@ import SimpleITK as sitk
 from monai.transforms import NormalizeIntensity, ScaleIntensityRange
 from monai.utils import convert_to_numpy
 
-from ..config import DataConfig
+from ..config import ConfigError, DataConfig, channel_modalities
+from .dataset import IGNORE_INDEX
 from .errors import DataError
-from .io import Geometry, array_to_image, geometry_of, image_to_array, same_geometry
+from .io import Geometry, array_to_image, channels_to_array, geometry_of, image_to_array, same_geometry
 
 __all__ = [
     "preprocess_image",
@@ -42,6 +43,9 @@ __all__ = [
     "restore_to_reference",
     "restore_label_from_probabilities",
 ]
+
+#: Largest value of an 8-bit RGB channel (PNG/JPG/BMP), mapped to 1.
+RGB_MAX = 255.0
 
 _INTERPOLATORS = {"linear": sitk.sitkLinear, "nearest": sitk.sitkNearestNeighbor}
 
@@ -104,41 +108,61 @@ def resample_to_grid(img: sitk.Image, grid: sitk.Image | Geometry, interpolation
     return f.Execute(img)
 
 
-def normalize_intensity(arr: np.ndarray, cfg: DataConfig) -> np.ndarray:
-    """MONAI intensity normalisation of a ``(1, *spatial)`` array, float32.
-
-    MR: ``NormalizeIntensity(nonzero=False)``, a z-score over the whole volume
-    (population std), as UA-MT normalises LA. CT: ``ScaleIntensityRange`` from
-    ``ct_window`` to [0, 1], clipped.
-    """
-    modality = cfg.modality.upper()
+def _channel_transform(modality: str, cfg: DataConfig):
     if modality == "CT":
         lo, hi = (float(v) for v in cfg.ct_window)
         if not hi > lo:
             raise DataError(f"data.ct_window must be [low, high] with high > low, got {cfg.ct_window}")
-        transform = ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)
-    elif modality == "MR":
-        transform = NormalizeIntensity(nonzero=False, dtype=np.float32)
-    else:
-        raise DataError(f"data.modality must be 'MR' or 'CT', got {cfg.modality!r}")
-    return convert_to_numpy(transform(np.asarray(arr, dtype=np.float32)), dtype=np.float32)
+        return ScaleIntensityRange(a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True, dtype=np.float32)
+    if modality == "MR":
+        return NormalizeIntensity(nonzero=False, dtype=np.float32)
+    if modality == "RGB":
+        return ScaleIntensityRange(
+            a_min=0.0, a_max=RGB_MAX, b_min=0.0, b_max=1.0, clip=False, dtype=np.float32
+        )
+    raise DataError(f"data.modality must be 'MR', 'CT' or 'RGB', got {modality!r}")
+
+
+def normalize_intensity(arr: np.ndarray, cfg: DataConfig) -> np.ndarray:
+    """MONAI intensity normalisation of a ``(C, *spatial)`` array, channel by channel, float32.
+
+    Each channel by its modality (:func:`semisup.config.channel_modalities`): MR,
+    ``NormalizeIntensity(nonzero=False)``, a z-score over the whole volume (population
+    std), as UA-MT normalises LA; CT, ``ScaleIntensityRange`` from ``ct_window`` to
+    [0, 1], clipped; RGB, 0..255 to [0, 1] (nnU-Net's ``rgb_to_0_1``).
+    """
+    arr = np.asarray(arr, dtype=np.float32)
+    try:
+        modalities = channel_modalities(cfg, arr.shape[0])
+    except ConfigError as exc:
+        raise DataError(str(exc)) from None
+    out = np.empty(arr.shape, dtype=np.float32)
+    for c, modality in enumerate(modalities):
+        out[c] = convert_to_numpy(_channel_transform(modality, cfg)(arr[c : c + 1]), dtype=np.float32)[0]
+    return out
 
 
 def preprocess_image(img: sitk.Image, cfg: DataConfig) -> np.ndarray:
-    """Network input of one image: float32 ``(1, *spatial)`` in (x, y, z) order.
+    """Network input of one image: float32 ``(C, *spatial)`` in (x, y, z) order.
 
-    Resampled with linear interpolation to :func:`preprocessed_geometry` when
-    ``cfg.target_spacing`` is set, then normalised (:func:`normalize_intensity`).
+    ``img`` may have several components per voxel (:func:`semisup.data.io.read_channels`),
+    one per channel. Resampled with linear interpolation to :func:`preprocessed_geometry`
+    when ``cfg.target_spacing`` is set, then normalised channel by channel
+    (:func:`normalize_intensity`).
     """
     grid = preprocessed_geometry(img, cfg.target_spacing)
-    img = sitk.Cast(img, sitk.sitkFloat32)
+    vector = img.GetNumberOfComponentsPerPixel() > 1
+    img = sitk.Cast(img, sitk.sitkVectorFloat32 if vector else sitk.sitkFloat32)
     if not same_geometry(grid, img):
         img = resample_to_grid(img, grid, "linear")
-    return normalize_intensity(image_to_array(img)[None], cfg)
+    return normalize_intensity(channels_to_array(img), cfg)
 
 
 def preprocess_label(
-    label: sitk.Image, cfg: DataConfig, reference: sitk.Image | Geometry | None = None
+    label: sitk.Image,
+    cfg: DataConfig,
+    reference: sitk.Image | Geometry | None = None,
+    ignore_label: int | None = None,
 ) -> np.ndarray:
     """Label map on the preprocessed grid: uint8 ``(1, *spatial)``.
 
@@ -147,6 +171,9 @@ def preprocess_label(
     reference:
         The label's image; the label is put on that image's preprocessed grid
         (nearest neighbour), so both arrays always have the same shape.
+    ignore_label:
+        The dataset's ``ignore`` value; its voxels become :data:`IGNORE_INDEX` (255),
+        the one value the losses and metrics skip.
     """
     grid = preprocessed_geometry(reference if reference is not None else label, cfg.target_spacing)
     if not same_geometry(grid, label):
@@ -156,7 +183,10 @@ def preprocess_label(
         arr = np.rint(arr)
     if arr.size and (arr.min() < 0 or arr.max() > 255):
         raise DataError(f"label values {arr.min()}..{arr.max()} do not fit 0..255")
-    return arr.astype(np.uint8)[None]
+    arr = arr.astype(np.uint8)
+    if ignore_label is not None and ignore_label != IGNORE_INDEX:
+        arr[arr == ignore_label] = IGNORE_INDEX
+    return arr[None]
 
 
 def restore_to_reference(

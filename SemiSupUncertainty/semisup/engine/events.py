@@ -20,7 +20,7 @@ from ..protocol.events import EventSchemaError, validate
 #: Environment switch that makes the emitter check each event against the schema.
 VALIDATE_ENV = "SEMISUP_VALIDATE_EVENTS"
 
-__all__ = ["ProgressSink", "JsonLinesSink", "FileSink", "BarSink", "Emitter"]
+__all__ = ["ProgressSink", "JsonLinesSink", "FileSink", "BarSink", "TensorBoardSink", "Emitter"]
 
 
 class ProgressSink(Protocol):
@@ -93,6 +93,45 @@ class BarSink:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+class TensorBoardSink:
+    """TensorBoard event files of the training events, beside ``progress.jsonl``.
+
+    Scalars by iteration: ``train/loss``, ``train/<term>`` (each logged loss term),
+    ``train/lr``, ``validation/dice`` and ``validation/dice_<class>``. PyTorch's
+    ``SummaryWriter`` writes them; it needs the optional ``tensorboard`` package.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        try:
+            from torch.utils.tensorboard import SummaryWriter
+        except ImportError:
+            from ..config import ConfigError
+
+            raise ConfigError(
+                "train.tensorboard is on but the 'tensorboard' package is not installed: pip install tensorboard"
+            ) from None
+        self.writer = SummaryWriter(log_dir=str(log_dir))
+
+    def emit(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "iteration":
+            step = int(event["iteration"])
+            self.writer.add_scalar("train/loss", event["loss"], step)
+            for name, value in (event.get("losses") or {}).items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+            self.writer.add_scalar("train/lr", event["lr"], step)
+        elif kind == "validation":
+            step = int(event["iteration"])
+            self.writer.add_scalar("validation/dice", event["dice"], step)
+            for name, value in (event.get("dice_per_class") or {}).items():
+                self.writer.add_scalar(f"validation/dice_{name}", value, step)
+        elif kind in ("checkpoint", "done", "cancelled"):
+            self.writer.flush()
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class Emitter:

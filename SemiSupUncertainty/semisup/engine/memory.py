@@ -113,8 +113,10 @@ def _probe_patch(patch: list[int], divisor: int) -> tuple[int, ...]:
     return tuple(min(int(p), 2 * divisor) for p in patch)
 
 
-def _batch(n: int, patch: tuple[int, ...], num_classes: int, labeled: bool, device: torch.device) -> dict[str, Any]:
-    out: dict[str, Any] = {"image": torch.randn(n, 1, *patch, device=device), "name": [f"probe{i}" for i in range(n)]}
+def _batch(
+    n: int, patch: tuple[int, ...], num_classes: int, labeled: bool, device: torch.device, channels: int = 1
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"image": torch.randn(n, channels, *patch, device=device), "name": [f"probe{i}" for i in range(n)]}
     if labeled:
         out["label"] = torch.randint(0, num_classes, (n, 1, *patch), device=device)
     return out
@@ -145,8 +147,11 @@ def estimate_training_memory(
     cuda_rng = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
     try:
         probe_method = copy.deepcopy(method).train()
-        labeled = _batch(t.labeled_batch, probe, num_classes, True, device)
-        unlabeled = _batch(t.unlabeled_batch, probe, num_classes, False, device) if t.unlabeled_batch > 0 else None
+        channels = int(cfg.data.channels)
+        labeled = _batch(t.labeled_batch, probe, num_classes, True, device, channels)
+        unlabeled = (
+            _batch(t.unlabeled_batch, probe, num_classes, False, device, channels) if t.unlabeled_batch > 0 else None
+        )
         if not getattr(probe_method, "uses_unlabeled", True):
             unlabeled = None
         step = max(t.iterations - 1, 0)  # ramps at full weight: every branch of the step runs

@@ -25,15 +25,14 @@ from ..data import (
     DataError,
     check_image,
     preprocess_image,
-    read_geometry,
-    read_image,
+    read_channels,
     restore_label_from_probabilities,
     restore_to_reference,
     write_image,
 )
 from ..data.checks import check_geometry
-from ..data.dataset import case_name_from_path
-from ..data.io import orientation_code, read_metadata
+from ..data.dataset import Case, case_name_from_path, group_inputs
+from ..data.io import orientation_code, read_channels_geometry, read_metadata
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import resolve_device
 from ..inference.predictor import largest_connected_component, predict_volume
@@ -147,6 +146,9 @@ def predict_array(
     (``cfg.inference.label_source``).
     """
     t = torch.as_tensor(np.asarray(image), dtype=torch.float32)
+    flat = cfg.data.spatial_dims == 2 and t.ndim == 3  # a 2D image (e.g. an RGB photograph): one slice
+    if flat:
+        t = t.unsqueeze(-1)
     if cfg.data.spatial_dims == 2 and t.ndim != 4:
         raise DataError(f"a 2D model predicts 3D volumes slice by slice; got an image of shape {tuple(t.shape[1:])}")
     mc = cfg.inference.mc_samples if mc_samples is None else mc_samples
@@ -170,13 +172,14 @@ def predict_array(
     label = out["label"]
     if component_classes:
         label = largest_connected_component(label, out["probabilities"].shape[1], component_classes)
-    return {
+    result = {
         "label": label[0, 0].cpu().numpy().astype(np.uint8),
         "entropy": out["entropy"][0, 0].float().cpu().numpy(),
         "mutual_information": out["mutual_information"][0, 0].float().cpu().numpy(),
         "probabilities": out["probabilities"][0].float().cpu().numpy(),
         "label_probabilities": out["label_probabilities"][0].float().cpu().numpy(),
     }
+    return {k: v[..., 0] for k, v in result.items()} if flat else result
 
 
 def predict_files(
@@ -218,7 +221,10 @@ def predict_files(
     # Refusals before anything is written: two inputs that would write the same files,
     # or a file in the way that predict did not write (ground truth named <case>_label.nrrd).
     inputs = [Path(p) for p in inputs]
-    names = _case_names(inputs)
+    channels = int(cfg.data.channels)
+    # Several channels: 4D / RGB files, or nnU-Net's <case>_0000, <case>_0001 files grouped per case.
+    cases = group_inputs(inputs, channels) if channels > 1 else [Case(case_name_from_path(p), p) for p in inputs]
+    names = _case_names(cases)
     _check_outputs(out_dir, names, kinds)
     out_dir.mkdir(parents=True, exist_ok=True)
     start = time.time()
@@ -234,41 +240,44 @@ def predict_files(
         "flip_axes": list(cfg.inference.flip_axes),
         "largest_component_classes": components,
     }
-    emit("predict_start", cases=len(inputs), mc_samples=mc, device=str(device), mc_seed=cfg.inference.seed)
+    emit("predict_start", cases=len(cases), mc_samples=mc, device=str(device), mc_seed=cfg.inference.seed)
     rows: list[dict[str, Any]] = []
     failed: dict[Path, str] = {}
     try:
-        for index, (path, name) in enumerate(zip(inputs, names), start=1):
+        for index, (case, name) in enumerate(zip(cases, names), start=1):
+            path = case.image
             try:
                 # The header first: a volume too large is refused before its voxels are read.
-                geom = read_geometry(path)
+                geom, count = read_channels_geometry(case.files)
+                if count != channels:
+                    raise DataError(f"{path}: has {count} channel(s) but the model takes {channels}")
                 check_geometry(geom, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
-                image = read_image(path)
+                image = read_channels(case.files)  # files, DICOM folders, 4D/RGB, or one file per channel
                 check_image(image, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
             except DataError as exc:  # one bad file must not cost the others their outputs
                 failed[path] = str(exc)  # named again in the final error
                 emit("warning", case=name, message=str(exc))
                 continue
             _warn_orientation(model, geom, path, name, emit)
-            rows.append(_predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, len(inputs), emit,
+            rows.append(_predict_one(model, image, path, name, out_dir, mc, save_probs, device, index, len(cases), emit,
                                      components))
     finally:  # cancelled or failed midway: the cases done so far keep their scores
         csv_path = _write_scores(_ranked(rows), out_dir, _map_descriptions(model), settings) if rows else None
     emit("predict_done", cases=len(rows), scores_csv=csv_path and str(csv_path), seconds=time.time() - start, failed=[str(p) for p in failed])
     if failed:
         listed = "\n  ".join(failed.values())
-        if len(inputs) == 1:
+        if len(cases) == 1:
             raise DataError(listed)
-        raise DataError(f"{len(failed)} of {len(inputs)} inputs failed; the other inputs' outputs are written:\n  {listed}")
+        raise DataError(f"{len(failed)} of {len(cases)} inputs failed; the other inputs' outputs are written:\n  {listed}")
     return rows
 
 
-def _case_names(inputs: list[Path]) -> list[str]:
+def _case_names(cases: list[Case]) -> list[str]:
     """Case names of the inputs; two inputs with one name would overwrite each other's outputs."""
-    names = [case_name_from_path(p) for p in inputs]
+    names = [c.name for c in cases]
     by_name: dict[str, list[Path]] = {}
-    for path, name in zip(inputs, names):
-        by_name.setdefault(name, []).append(path)
+    for case, name in zip(cases, names):
+        by_name.setdefault(name, []).append(case.image)
     clashes = {n: ps for n, ps in by_name.items() if len(ps) > 1}
     if clashes:
         listed = "; ".join(f"{n!r}: {', '.join(map(str, ps))}" for n, ps in sorted(clashes.items()))

@@ -28,17 +28,20 @@ import numpy as np
 import torch
 
 from .._version import __version__
-from ..config import NETWORK_DIVISORS, RESUMABLE_KEYS, ConfigError, RunConfig, save_config
+from ..config import NETWORK_DIVISORS, RESUMABLE_KEYS, ConfigError, RunConfig, channel_modalities, normalisation_for_channel_name, save_config
 from ..data import DataError, DatasetSpec, PreprocessCache, build_train_streams, check_dataset, load_validation_cases
+from ..data.checks import count_channels
+from ..data.dataset import IGNORE_INDEX
 from ..data.io import orientation_code, read_geometry
 from ..methods import Method, build_method
+from ..methods.registry import sparse_label_methods
 from ..inference.predictor import largest_connected_component
 from ..measure.metrics import dice_per_class, evaluate_case
 from .checkpoint import CheckpointError, load_checkpoint, remove_stale_temporaries, save_checkpoint
 from .device import describe_device, resolve_device, training_switches
 from .distributed import init_distributed
 from .memory import check_training_memory, oom_error, peak_memory_gib
-from .events import Emitter
+from .events import Emitter, TensorBoardSink
 from ..protocol.exits import CANCEL_FILE
 from .runfolder import RunLock, acquire_run_lock, check_can_train
 
@@ -205,14 +208,23 @@ class Trainer:
             )
         for warning in check_dataset(spec, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing):
             log.warning(warning)
+        self._resolve_channels(cfg, spec)  # saved with the config below, once every check passed
         device = ddp.resolve_device(resolve_device(cfg.train.device))
         seed_everything(cfg.train.seed)
 
         method = build_method(cfg, spec.num_classes).to(device)
+        if spec.ignore_label is not None and not method.supports_sparse_labels:
+            raise ConfigError(
+                f"{spec.source}: labels declare 'ignore': {spec.ignore_label} (sparse labels), which method "
+                f"{cfg.method.name!r} does not support; use one of {', '.join(sparse_label_methods())}"
+            )
         _check_unlabeled(method, spec, cfg)
         self.run_dir.mkdir(parents=True, exist_ok=True)
         if ddp.is_main:  # only once every check passed: a refused start changes nothing
             save_config(cfg, self.run_dir / "config.yaml")
+        tensorboard = TensorBoardSink(self.run_dir / "tensorboard") if cfg.train.tensorboard and ddp.is_main else None
+        if tensorboard is not None:
+            self.emit = _Tee(self.emit, tensorboard)
         # channels-last and autocast precision follow the hardware unless set (issue 19).
         deepest = math.prod(cfg.data.patch_size) // NETWORK_DIVISORS[cfg.network.name] ** cfg.data.spatial_dims
         switches = training_switches(device, cfg.train.channels_last, cfg.train.amp_cpu, amp_cuda=cfg.train.amp,
@@ -365,6 +377,8 @@ class Trainer:
             raise oom_error(cfg, device, memory_estimate) from exc
         finally:
             restore_signals()
+            if tensorboard is not None:
+                tensorboard.writer.flush()
 
         if not val_cases and ddp.is_main:
             # Without a validation list the final model is the one to use.
@@ -378,6 +392,8 @@ class Trainer:
             last_checkpoint=str(last_path),
             seconds=seconds,
         )
+        if tensorboard is not None:
+            tensorboard.close()
         return TrainResult(it, best_dice, best_path, last_path, seconds)
 
     # -- helpers ------------------------------------------------------------------
@@ -418,6 +434,16 @@ class Trainer:
             )
         return cfg
 
+    @staticmethod
+    def _resolve_channels(cfg: RunConfig, spec: DatasetSpec) -> None:
+        """Input channels from the images, ``modality: auto`` from dataset.json; both saved
+        with the run so prediction and export need nothing else."""
+        cfg.data.channels = count_channels(spec)
+        if isinstance(cfg.data.modality, str) and cfg.data.modality.upper() == "AUTO":
+            names = spec.channel_names or ["MR"] * cfg.data.channels
+            cfg.data.modality = [normalisation_for_channel_name(n) for n in names]
+        channel_modalities(cfg.data)  # a per-channel list must match the images
+
     def _optimizer(self, method: Method) -> torch.optim.Optimizer:
         t = self.cfg.train
         params = list(method.trainable_parameters())
@@ -453,9 +479,16 @@ class Trainer:
                 component_classes=fixed,
             )
             ref = case["label"][0]
-            scores.append(evaluate_case(out["label"], ref, spec.num_classes, case["spacing"], spec.class_names))
+            scores.append(
+                evaluate_case(
+                    out["label"], ref, spec.num_classes, case["spacing"], spec.class_names, ignore_index=IGNORE_INDEX
+                )
+            )
             # Largest component per class, scored on the same prediction (the "auto" decision).
             lcc = largest_connected_component(torch.from_numpy(out["label"]), spec.num_classes).numpy()
+            labeled = np.asarray(ref) != IGNORE_INDEX  # sparse labels: unlabeled voxels count nowhere
+            if not labeled.all():
+                lcc, ref = np.where(labeled, lcc, 0), np.where(labeled, ref, 0)
             with_lcc.append(dice_per_class(lcc, ref, spec.num_classes))
         names = spec.class_names[1:]
         per_class = {name: float(np.mean([s["classes"][name]["dice"] for s in scores])) for name in names}
@@ -551,6 +584,17 @@ class _Context:
         wanted = known if names is None else set(names)
         subset_spec = dataclasses.replace(self.spec, unlabeled=[c for c in self.spec.unlabeled if c.name in wanted])
         _, self._unlabeled = build_train_streams(subset_spec, self.cfg, self.cache_dir, self.seed + len(wanted))
+
+
+class _Tee:
+    """The caller's emitter (any callable), plus one more sink."""
+
+    def __init__(self, emit: Any, sink: Any) -> None:
+        self.inner, self.sink = emit, sink
+
+    def __call__(self, event: str, **fields: Any) -> None:
+        self.inner(event, **fields)
+        self.sink.emit({"event": event, **fields})
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

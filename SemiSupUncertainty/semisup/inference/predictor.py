@@ -156,9 +156,9 @@ def _softmax(logits: torch.Tensor) -> torch.Tensor:
 def _check_inputs(
     image: torch.Tensor, roi_size: Sequence[int] | int, overlap: float, mc_samples: int, mode: str
 ) -> tuple[list[int], bool]:
-    if not isinstance(image, torch.Tensor) or image.ndim not in (4, 5) or image.shape[1] != 1:
+    if not isinstance(image, torch.Tensor) or image.ndim not in (4, 5) or image.shape[0] != 1:
         shape = tuple(image.shape) if isinstance(image, torch.Tensor) else type(image).__name__
-        raise ValueError(f"image must be a (1, 1, *spatial) tensor with 2 or 3 spatial axes, got {shape}")
+        raise ValueError(f"image must be a (1, C, *spatial) tensor with 2 or 3 spatial axes, got {shape}")
     n_spatial = image.ndim - 2
     roi = [int(roi_size)] * n_spatial if isinstance(roi_size, int) else [int(r) for r in roi_size]
     if any(r < 1 for r in roi):
@@ -338,7 +338,7 @@ def predict_volume(
         One network or several (an ensemble, softmaxes averaged with equal weight).
         Each returns logits ``(B, C, *spatial)``; all on the same device.
     image:
-        ``(1, 1, *spatial)`` float tensor, already preprocessed, axes (x, y[, z]).
+        ``(1, C, *spatial)`` float tensor, already preprocessed, axes (x, y[, z]).
     roi_size:
         Window size (x, y, z), usually the training patch size. Two numbers on a 3-D
         image: a 2-D network applied slice by slice along z.

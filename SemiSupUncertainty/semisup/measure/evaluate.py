@@ -28,13 +28,16 @@ def evaluate_predictions(
 
     References come from ``dataset`` (the cases of ``split``) or from ``labels_dir``
     (files named like the cases). Distances are in mm from the reference's spacing.
+    Reference voxels of the dataset's ``ignore`` value are left out of every metric.
     Writes ``metrics.csv`` and ``metrics.json`` and returns the summary.
     """
     pred_dir = Path(predictions)
+    ignore_label = None
     if dataset is not None:
         spec = DatasetSpec.from_json(dataset)
         cases = {c.name: c.label for c in getattr(spec, split) if c.label is not None}
         class_names = spec.class_names
+        ignore_label = spec.ignore_label
         if not cases:
             raise DataError(f"{dataset}: the {split!r} list has no labeled cases to evaluate against")
     elif labels_dir is not None:
@@ -50,13 +53,14 @@ def evaluate_predictions(
         ref_img, pred_img = read_image(ref_path), read_image(pred_path)
         if not same_geometry(geometry_of(ref_img), geometry_of(pred_img)):
             raise DataError(f"{pred_path}: geometry differs from its reference {ref_path}")
-        ref = label_values(image_to_array(ref_img), ref_path, class_names)
+        ref = label_values(image_to_array(ref_img), ref_path, class_names, ignore_label)
         pred = label_values(image_to_array(pred_img), pred_path, class_names)
         loaded.append((name, ref_img.GetSpacing(), ref, pred))
     if not class_names:
         class_names = _undeclared_classes(loaded, labels_dir)
     rows = [
-        evaluate_case(pred, ref, len(class_names), spacing, class_names, case=name) for name, spacing, ref, pred in loaded
+        evaluate_case(pred, ref, len(class_names), spacing, class_names, case=name, ignore_index=ignore_label)
+        for name, spacing, ref, pred in loaded
     ]
     summary = summarize(rows)
     write_results(rows, summary, Path(output_dir) if output_dir else pred_dir)
@@ -76,9 +80,12 @@ def _label_files(folder: Path) -> dict[str, Path]:
     return {case_name_from_path(p): p for p in files}
 
 
-def label_values(arr: np.ndarray, path: Path, class_names: list[str] | None) -> np.ndarray:
+def label_values(
+    arr: np.ndarray, path: Path, class_names: list[str] | None, ignore_label: int | None = None
+) -> np.ndarray:
     """A label map as int64, refusing what is not one: non-integer values (0/0.5), or
     values outside the declared classes ``0..C-1`` (a 0/255 mask for 2 classes).
+    ``ignore_label`` (the dataset's unlabeled value, references only) is allowed too.
 
     Without declared classes only the integrality and the sign are checked here; the
     values together must then be consecutive (:func:`_undeclared_classes`).
@@ -94,9 +101,10 @@ def label_values(arr: np.ndarray, path: Path, class_names: list[str] | None) -> 
         raise DataError(f"{path}: pixel type {arr.dtype} is not a label map")
     values = arr.astype(np.int64)
     top = len(class_names) - 1 if class_names else None
-    low, high = (int(values.min()), int(values.max())) if values.size else (0, 0)
+    checked = values if ignore_label is None else values[values != ignore_label]
+    low, high = (int(checked.min()), int(checked.max())) if checked.size else (0, 0)
     if low < 0 or (top is not None and high > top):
-        outside = np.unique(values[(values < 0) | (values > (top if top is not None else high))])
+        outside = np.unique(checked[(checked < 0) | (checked > (top if top is not None else high))])
         shown = ", ".join(str(v) for v in outside[:10]) + (", ..." if outside.size > 10 else "")
         declared = f"the declared classes 0..{top} ({', '.join(class_names)})" if class_names else "class numbers >= 0"
         raise DataError(f"{path}: label values {shown} are not among {declared}")

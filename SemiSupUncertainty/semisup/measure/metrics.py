@@ -174,6 +174,7 @@ def evaluate_case(
     class_names: Sequence[str] | Mapping[Any, str] | None = None,
     *,
     case: str = "",
+    ignore_index: int | None = None,
 ) -> dict[str, Any]:
     """Dice, Jaccard, HD95 and ASD of every foreground class of one case.
 
@@ -192,6 +193,10 @@ def evaluate_case(
         mapping ``label -> name``; default ``class_1`` ...
     case:
         Case name stored in the row (used by :func:`write_results`).
+    ignore_index:
+        Reference value of unlabeled voxels (sparse labels): prediction and reference
+        are both set to background there, so those voxels count as neither true nor
+        false; HD95 and ASD are then distances within the labeled voxels.
 
     Returns
     -------
@@ -209,6 +214,11 @@ def evaluate_case(
         )
     if p_arr.ndim not in (2, 3):
         raise ValueError(f"{case or 'case'}: expected 2-D or 3-D label maps, got shape {p_arr.shape}")
+    if ignore_index is not None:
+        ignored = r_arr == ignore_index
+        if ignored.any():
+            p_arr = np.where(ignored, 0, p_arr)
+            r_arr = np.where(ignored, 0, r_arr)
     for what, arr in (("prediction", p_arr), ("reference", r_arr)):
         if arr.size and (arr.min() < 0 or arr.max() >= num_classes):
             raise ValueError(

@@ -76,6 +76,9 @@ class Method(nn.Module):
     Params: ClassVar[type] = object
     #: whether the method uses unlabeled batches at all (supervised baseline: False)
     uses_unlabeled: ClassVar[bool] = True
+    #: whether every loss on labels skips IGNORE_INDEX voxels (sparse labels); methods
+    #: whose only label term is ``losses.supervised_loss`` set it
+    supports_sparse_labels: ClassVar[bool] = False
 
     def __init__(self, network_factory: NetworkFactory, num_classes: int, params: Any) -> None:
         super().__init__()

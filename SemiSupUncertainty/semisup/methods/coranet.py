@@ -51,7 +51,7 @@ import torch.nn.functional as F
 from ..config import ConfigError
 from .base import Method, NetworkFactory, StepOutput
 from .ema import init_teacher, update_ema
-from .losses import DICE_SMOOTH
+from .losses import DICE_SMOOTH, masked_dice_loss
 from .ramps import sigmoid_rampup
 from .volume_apply import apply_to_image
 
@@ -175,16 +175,17 @@ def masked_soft_dice(
 
     Per sample and class, background included, linear denominators:
     ``1 - mean_{b,c} (2 sum m p y + s) / (sum m (p + y) + s)``. ``over_batch`` sums
-    over the batch as well before the ratio (one ratio per class).
+    over the batch as well before the ratio (one ratio per class). MONAI's
+    ``MaskedDiceLoss`` underneath (``losses.masked_dice_loss``: softmax, then mask).
+    ``target`` and ``mask`` are ``(B, *spatial)`` or ``(B, 1, *spatial)``.
     """
-    num_classes = logits.shape[1]
-    probs = torch.softmax(logits.float(), dim=1).flatten(2)
-    onehot = F.one_hot(target.long().flatten(1), num_classes).permute(0, 2, 1).float()
-    m = mask.flatten(1).unsqueeze(1).float()
-    dims = (0, 2) if over_batch else 2
-    inter = (probs * onehot * m).sum(dim=dims)
-    union = ((probs + onehot) * m).sum(dim=dims)
-    return 1.0 - ((2.0 * inter + smooth) / (union + smooth)).mean()
+    if target.ndim == logits.ndim - 1:
+        target = target.unsqueeze(1)
+    if mask.ndim == logits.ndim - 1:
+        mask = mask.unsqueeze(1)
+    return masked_dice_loss(
+        logits, target, mask, include_background=True, batch=over_batch, squared_pred=False, smooth=smooth
+    )
 
 
 def masked_sq_distance(p_student: torch.Tensor, p_teacher: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

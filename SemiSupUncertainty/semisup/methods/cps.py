@@ -70,6 +70,7 @@ class CPS(Method):
     """
 
     name = "cps"
+    supports_sparse_labels = True  # labels enter through supervised_loss only
     Params = CPSParams
 
     def __init__(self, network_factory: NetworkFactory, num_classes: int, params: CPSParams) -> None:

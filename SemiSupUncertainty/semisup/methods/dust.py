@@ -157,6 +157,7 @@ class DUST(Method):
     """Self-training in two stages of increasing difficulty with a KL-rectified pseudo-label loss."""
 
     name = "dust"
+    supports_sparse_labels = True  # labels enter through supervised_loss only
     Params = DUSTParams
 
     def __init__(self, network_factory: NetworkFactory, num_classes: int, params: DUSTParams) -> None:

@@ -35,8 +35,16 @@ def method_names() -> list[str]:
     return sorted(METHODS)
 
 
-def build_method(cfg: "RunConfig", num_classes: int, in_channels: int = 1) -> Method:
-    """Instantiate the configured method with its networks (each a fresh initialisation)."""
+def sparse_label_methods() -> list[str]:
+    """Methods that train on sparse labels (a dataset ``ignore`` value)."""
+    return sorted(n for n, cls in METHODS.items() if cls.supports_sparse_labels)
+
+
+def build_method(cfg: "RunConfig", num_classes: int, in_channels: int | None = None) -> Method:
+    """Instantiate the configured method with its networks (each a fresh initialisation);
+    ``in_channels`` defaults to ``cfg.data.channels`` (set from the data when training starts)."""
+    if in_channels is None:
+        in_channels = int(cfg.data.channels)
     from ..networks.factory import build_network
 
     name = cfg.method.name

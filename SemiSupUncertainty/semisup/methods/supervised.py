@@ -19,6 +19,7 @@ class SupervisedParams:
 
 class Supervised(Method):
     name = "supervised"
+    supports_sparse_labels = True  # labels enter through supervised_loss only
     Params = SupervisedParams
     uses_unlabeled = False
 

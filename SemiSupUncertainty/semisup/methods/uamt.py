@@ -99,6 +99,7 @@ class UAMT(Method):
     """Student + EMA teacher; consistency masked to voxels the teacher is sure of."""
 
     name = "uamt"
+    supports_sparse_labels = True  # labels enter through supervised_loss only
     Params = UAMTParams
     use_uncertainty_mask = True
 

@@ -258,6 +258,16 @@ register_event(
     failed=("str_list", "inputs that failed (the command then exits 2)"),
 )
 register_event(
+    "export_start", "semisup export begins",
+    format=("str", "torchscript, bundle or onnx"),
+    checkpoint=("str", "the checkpoint exported"),
+)
+register_event(
+    "export_done", "semisup export finished",
+    format=("str", "torchscript, bundle or onnx"),
+    output=("str", "the file or bundle folder written"),
+)
+register_event(
     "plan", "semisup plan wrote a configuration",
     config=("str", "the YAML written; null when printed to stdout"),
     fingerprint=("str", "the fingerprint JSON written beside it; null with stdout"),
