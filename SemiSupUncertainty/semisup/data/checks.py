@@ -262,11 +262,14 @@ def check_geometry(
     *,
     memory_limit_gib: float = DEFAULT_MEMORY_LIMIT_GIB,
     target_spacing: Sequence[float] | None = None,
+    channels: int = 1,
 ) -> None:
     """Check an image's header (from :func:`read_geometry`) before its voxels are read:
-    dimension and memory, so an 830^3 volume is refused without loading 1.5 GB."""
+    dimension and memory (all ``channels``), so an 830^3 volume is refused without loading 1.5 GB."""
     name = str(path)
-    problems = _dimension_problems(geom, name, spatial_dims) + _memory_problems(geom, name, memory_limit_gib, target_spacing)
+    problems = _dimension_problems(geom, name, spatial_dims) + _memory_problems(
+        geom, name, memory_limit_gib, target_spacing, channels
+    )
     if problems:
         _raise(problems, name)
 

@@ -251,7 +251,7 @@ def predict_files(
                 geom, count = read_channels_geometry(case.files)
                 if count != channels:
                     raise DataError(f"{path}: has {count} channel(s) but the model takes {channels}")
-                check_geometry(geom, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
+                check_geometry(geom, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing, channels=count)
                 image = read_channels(case.files)  # files, DICOM folders, 4D/RGB, or one file per channel
                 check_image(image, path, cfg.data.spatial_dims, target_spacing=cfg.data.target_spacing)
             except DataError as exc:  # one bad file must not cost the others their outputs

@@ -32,7 +32,7 @@ from ..config import NETWORK_DIVISORS, RESUMABLE_KEYS, ConfigError, RunConfig, c
 from ..data import DataError, DatasetSpec, PreprocessCache, build_train_streams, check_dataset, load_validation_cases
 from ..data.checks import count_channels
 from ..data.dataset import IGNORE_INDEX
-from ..data.io import orientation_code, read_geometry
+from ..data.io import orientation_code, read_channels_geometry
 from ..methods import Method, build_method
 from ..methods.registry import sparse_label_methods
 from ..inference.predictor import largest_connected_component
@@ -547,7 +547,7 @@ def _check_unlabeled(method: Method, spec: DatasetSpec, cfg: RunConfig) -> None:
 
 def training_orientations(spec: DatasetSpec) -> list[str]:
     """Orientation codes (e.g. ``"LPS"``) of the training images, from their headers."""
-    codes = {orientation_code(read_geometry(c.image)) for c in [*spec.training, *spec.unlabeled]}
+    codes = {orientation_code(read_channels_geometry(c.files)[0]) for c in [*spec.training, *spec.unlabeled]}
     return sorted(c for c in codes if c)
 
 
