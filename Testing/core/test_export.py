@@ -4,6 +4,7 @@ MONAI's bundle runner, onnxruntime) predicts what the library predicts on the sa
 from __future__ import annotations
 
 import json
+import locale
 import os
 import subprocess
 import sys
@@ -172,6 +173,7 @@ def test_predict_reads_a_dicom_series_folder(trained, tmp_path):
     folder = tmp_path / "series"
     folder.mkdir()
     direction = volume.GetDirection()
+    saved_locale = locale.setlocale(locale.LC_ALL)  # GDCM's DICOM writer sets the C locale process-wide
     for z in range(volume.GetDepth()):
         plane = volume[:, :, z]
         position = volume.TransformIndexToPhysicalPoint((0, 0, z))
@@ -192,6 +194,7 @@ def test_predict_reads_a_dicom_series_folder(trained, tmp_path):
         writer.KeepOriginalImageUIDOn()  # else every slice gets its own new series UID
         writer.SetFileName(str(folder / f"slice_{z:03d}.dcm"))
         writer.Execute(plane)
+    locale.setlocale(locale.LC_ALL, saved_locale)
     rows = predict_files(trained["model"], [folder], tmp_path / "pred", mc_samples=1)
     assert [r["case"] for r in rows] == ["series"]
     label = read_image(tmp_path / "pred" / "series_label.nrrd")
