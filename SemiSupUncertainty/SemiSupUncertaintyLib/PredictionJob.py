@@ -26,6 +26,8 @@ class PredictionResult:
     table: object = None
     scores: list[dict[str, float]] = field(default_factory=list)
     outputDir: Path | None = None
+    runDir: Path | None = None
+    caseNames: list[str] = field(default_factory=list)  # file stems of the outputs, per input volume
 
     def mostUncertainFirst(self) -> list:
         """Input volumes ranked by uncertainty score, most uncertain (label next) first."""
@@ -90,9 +92,10 @@ class PredictionJob(WorkerJob):
         self._loaded[index] = (seg, unc, dict(event.scores))
 
     def _finish(self) -> None:
-        result = PredictionResult(outputDir=self.outputDir)
+        result = PredictionResult(outputDir=self.outputDir, runDir=self.runDir)
         for i in sorted(self._loaded):
             seg, unc, scores = self._loaded[i]
+            result.caseNames.append(self.records[i].name)
             result.volumes.append(self.volumes[i])
             result.segmentations.append(seg)
             result.uncertainties.append(unc)

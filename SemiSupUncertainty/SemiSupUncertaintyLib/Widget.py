@@ -22,6 +22,7 @@ from .Logic import SemiSupUncertaintyLogic
 from .Parameters import GuiState, ParameterNode, PredictionSettings, TrainingSettings
 from .Paths import resourcePath
 from .Protocols import InstallLogicProtocol, LogicProtocol
+from .ReviewSection import ReviewSection
 from .SceneExporter import InputError, SceneExporter
 from .WorkerProcess import ExitStatus
 
@@ -77,6 +78,9 @@ class Widget(qt.QWidget, VTKObservationMixin):
         layout.addWidget(uiWidget)
         self.ui = slicer.util.childWidgetVariables(uiWidget)
         uiWidget.setMRMLScene(slicer.mrmlScene)
+        # Review (issue 13): its own section below the .ui panel, logic in ReviewLogic.
+        self.reviewSection = ReviewSection(self.logic, self._startedContinuedTraining)
+        layout.addWidget(self.reviewSection.button)
 
         self.timer = qt.QTimer(self)
         self.timer.setInterval(200)
@@ -525,9 +529,14 @@ class Widget(qt.QWidget, VTKObservationMixin):
         slicer.util.errorDisplay(job.errorMessage, windowTitle="SemiSupUncertainty: the worker stopped", detailedText=f"Full log: {logPath}" if logPath else "")
         self.updateRunList()
 
+    def _startedContinuedTraining(self, job) -> None:
+        self.trainJob = job
+        self._startedTraining(job.runDir)
+
     def _showPrediction(self, result) -> None:
         if result is None or result.table is None:
             return
+        self.reviewSection.setPrediction(result)
         appLogic = slicer.app.applicationLogic()
         appLogic.GetSelectionNode().SetActiveTableID(result.table.GetID())
         appLogic.PropagateTableSelection()

@@ -14,6 +14,9 @@ from .InstallLogic import InstallError, InstallLogic
 from .Logic import SemiSupUncertaintyLogic
 from .Parameters import GuiState, ParameterNode, PredictionSettings, TrainingSettings
 from .PredictionJob import PredictionJob, PredictionResult
+from .LabelChange import LabelChange
+from .ReviewItem import ReviewItem
+from .ReviewLogic import ReviewLogic
 from .SceneExporter import InputError, SceneExporter
 from .SceneImporter import SceneImporter
 from .TrainingJob import TrainingJob, TrainingResult
@@ -24,6 +27,9 @@ from semisup.protocol.run_folder import RunInfo, list_runs  # noqa: E402
 
 __all__ = [
     "SemiSupUncertaintyLogic",
+    "ReviewLogic",
+    "ReviewItem",
+    "LabelChange",
     "TrainingSettings",
     "PredictionSettings",
     "GuiState",

@@ -1,4 +1,4 @@
-"""Command line: ``semisup train | predict | evaluate | compare | export | demo | plan``.
+"""Command line: ``semisup train | predict | calibrate | evaluate | compare | export | demo | plan | simulate-labelling``.
 
 This module only parses: each verb's behaviour is ``semisup.commands.<verb>.run``.
 
@@ -89,8 +89,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, help="seed of the MC-dropout draws (default: the run's inference.seed)")
     p.add_argument("--flip-axes", type=int, nargs="*", metavar="AXIS",
                    help="test-time flips along these image axes (0 x, 1 y, 2 z; every combination is averaged)")
+    p.add_argument("--no-calibration", action="store_true", help="ignore the run's calibration.json (temperature scaling)")
     progress_flag(p)
     p.set_defaults(func=_command("predict"))
+
+    p = sub.add_parser("calibrate", help="fit temperature scaling on held-out cases; predict applies it")
+    p.add_argument("--run-dir", required=True, type=Path, help="trained run folder; calibration.json is written there")
+    p.add_argument("--folds", type=int, default=2, help="cross-fitting folds when the run has no validation cases")
+    p.add_argument("--fold-iterations", type=int, help="training iterations per cross-fitting model (default: the run's)")
+    p.add_argument("--margin-mm", type=float, help="fit on the foreground dilated by this (mm; default 5, as evaluate)")
+    p.add_argument("--max-voxels", type=int, help="voxels per case at most (default 200000)")
+    p.add_argument("--mc-samples", type=int, help="MC-dropout draws per case (default: the run's, as predict uses)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    progress_flag(p)
+    p.set_defaults(func=_command("calibrate"))
 
     p = sub.add_parser("evaluate", help="Dice, Jaccard, HD95, ASD per class against reference labels")
     p.add_argument("--predictions", required=True, type=Path, help="folder of <case>_label.nrrd files")
@@ -100,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", metavar="NAME", help="class names, background first (with --labels; default: the values found, which must be 0..K-1)")
     p.add_argument("--split", default="validation", choices=["training", "validation", "test"])
     p.add_argument("--output-dir", type=Path, help="where metrics.csv/json go (default: the predictions folder)")
+    p.add_argument("--margin-mm", type=float,
+                   help="uncertainty scores look at the prediction/reference foreground dilated by this (mm; default 5)")
     progress_flag(p)
     p.set_defaults(func=_command("evaluate"))
 
@@ -129,6 +143,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-cases", type=int, default=20, help="labeled cases read for intensities and class sizes")
     p.add_argument("--progress", choices=["auto", "json", "bar", "none"], default="none", help="progress events (default none)")
     p.set_defaults(func=_command("plan"))
+    p = sub.add_parser(
+        "simulate-labelling",
+        help="simulated labelling loop: train, predict the pool, pick k by a strategy, reveal labels, repeat",
+        description="The dataset's labeled 'training' cases are the pool (labels hidden until picked); its "
+        "'validation' cases (else labeled 'test' cases) are the fixed held-out set. Writes labelling.csv, "
+        "labelling.json (curve, paired tests per budget) and labelling.png under --output.",
+    )
+    p.add_argument("--config", required=True, type=Path, help="YAML config of every round's training")
+    p.add_argument("--dataset", type=Path, help="dataset.json (default: the config's data.dataset)")
+    p.add_argument("--output", required=True, type=Path, help="folder of the rounds and the results")
+    p.add_argument("--strategies", nargs="+", default=["random", "uncertainty", "diverse"],
+                   choices=["random", "uncertainty", "diverse"])
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--start", type=int, default=4, help="labeled volumes before the first round")
+    p.add_argument("--step", type=int, default=4, help="volumes picked per round (k)")
+    p.add_argument("--budget", type=int, default=16, help="labeled volumes after the last round")
+    p.add_argument("--hold-out", type=int, default=0, metavar="N",
+                   help="held-out set = the last N labeled cases of the list (added to any 'validation' list)")
+    p.add_argument("--from-scratch", action="store_true", help="train every round from scratch (default: warm start)")
+    p.add_argument("--mc-samples", type=int, help="MC-dropout samples of the pool and held-out predictions")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=500")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")
+    progress_flag(p)
+    p.set_defaults(func=_command("simulate_labelling"))
 
     p = sub.add_parser("demo", help="synthetic data, a few CPU minutes of training, predictions, uncertainty and a report")
     p.add_argument("--output", type=Path, default=Path("semisup-demo"), help="demo folder (default: ./semisup-demo)")

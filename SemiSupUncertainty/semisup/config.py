@@ -193,6 +193,10 @@ class TrainConfig:
     val_every: int = 200
     checkpoint_every: int = 100
     log_every: int = 10
+    # Warm start: a semisup checkpoint whose method weights (only: no optimizer, schedule
+    # or iteration count) initialise this run; loaded with weights_only=True. The
+    # labelling loop (simulate-labelling, the Slicer review) continues from the previous round.
+    init_from: str | None = None
 
 
 @dataclass
@@ -300,6 +304,8 @@ class RunConfig:
         for key in ("channels_last", "amp_cpu"):
             if getattr(t, key) not in SWITCH_VALUES:
                 raise ConfigError(f"{source}: train.{key} must be auto, true or false, got {getattr(t, key)!r}")
+        if t.init_from is not None and not isinstance(t.init_from, str):
+            raise ConfigError(f"{source}: train.init_from must be the path of a checkpoint, got {t.init_from!r}")
         if i.mc_samples < 1:
             raise ConfigError(f"{source}: inference.mc_samples must be >= 1, got {i.mc_samples}")
         if not 0.0 <= i.overlap < 1.0:

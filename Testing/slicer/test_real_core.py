@@ -130,3 +130,34 @@ def test_cancel_kill_and_resume_with_the_real_worker(realLogic, threeCases):
     assert result.status == ExitStatus.FINISHED and result.iteration == stopped + 2
     log = [json.loads(line) for line in (run / "progress.jsonl").read_text().splitlines() if line.startswith("{")]
     assert [e["start_iteration"] for e in log if e["event"] == "start"][1:] == [starts[0].start_iteration, stopped]
+
+
+def test_review_accept_continue_cycle_with_the_real_worker(realLogic, threeCases):
+    """Train, predict, review, correct, accept, continue training from the parent's weights: real processes."""
+    from mrml_helpers import addSegment, kidneyMask, obliqueVolume
+
+    from SemiSupUncertaintyLib import ExitStatus, ReviewLogic
+
+    pairs, unlabeled = threeCases
+    unlabeled = [*unlabeled, obliqueVolume(realLogic.scene, "CT4", seed=4)]
+    parent = realLogic.train(pairs, unlabeled, iterations=2, checkpointEvery=1, valEvery=1000, validationFraction=0.0, overrides=TINY_OVERRIDES, **TINY)
+    assert parent.status == ExitStatus.FINISHED
+    prediction = realLogic.predict(parent.runDir, unlabeled, device="cpu", show=False)
+    review = ReviewLogic.fromPrediction(realLogic, prediction)
+    item = review.select(0)
+    assert item.volume in unlabeled and review.table().GetTable().GetNumberOfRows() == 2
+    # The user's correction: the kidney drawn in full (a 2-iteration model predicts little of it).
+    seg = item.segmentation.GetSegmentation()
+    seg.RemoveSegment(seg.GetSegmentIdBySegmentName("Kidney"))
+    addSegment(item.segmentation, item.volume, "Kidney", kidneyMask())
+    change = review.accept(item)
+    assert 0.0 <= change.dice <= 1.0 and change.acceptedMl > 0
+    parentFiles = {p: p.stat().st_mtime_ns for p in (parent.runDir / "checkpoints").iterdir()}
+    events = []
+    child = review.continueTraining(iterations=2, onEvent=events.append)
+    assert child.status == ExitStatus.FINISHED and child.runDir != parent.runDir
+    start = json.loads(next(line for line in (child.runDir / "progress.jsonl").read_text().splitlines() if '"start"' in line))
+    assert start["init_from"] == str((parent.runDir / "checkpoints" / "best.pt").resolve())
+    assert start["labeled_cases"] == 3 and start["unlabeled_cases"] == 1
+    assert json.loads((child.runDir / "parent.json").read_text())["parent"] == str(parent.runDir.resolve())
+    assert {p: p.stat().st_mtime_ns for p in (parent.runDir / "checkpoints").iterdir()} == parentFiles

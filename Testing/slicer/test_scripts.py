@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -152,3 +153,28 @@ def test_scripts_work_from_an_installed_extension(files, tmp_path):
     assert "library from the installed extension" in done.stderr
     log = (tmp_path / "run" / "slicer-worker.log").read_text()
     assert "semisup_standin" in log
+
+
+def test_review_accepts_from_files_and_refuses_an_empty_correction(files, tmp_path):
+    labeled = [a for pair in files["labeled"] for a in ("--labeled", *pair)]
+    assert run("slicer_train.py", *labeled, "--unlabeled", *files["unlabeled"], "--run-dir", str(tmp_path / "run"), "--iterations", "4").returncode == 0
+    assert run("slicer_predict.py", "--run-dir", str(tmp_path / "run"), "--input", *files["unlabeled"], "--output-dir", str(tmp_path / "out")).returncode == 0
+    # CT3 corrected by the user: CT1's label map drawn on CT3's grid (same geometry as the helpers build).
+    corrected = tmp_path / "CT3_corrected.nrrd"
+    image = sitk.ReadImage(files["unlabeled"][0])
+    labels = sitk.GetImageFromArray((liverMask() + 2 * kidneyMask()).astype(np.uint8))
+    labels.CopyInformation(image)
+    sitk.WriteImage(labels, str(corrected))
+    empty = tmp_path / "CT4_empty.nrrd"  # an empty correction: refused, named, nothing stored for it
+    zeros = sitk.GetImageFromArray(np.zeros_like(liverMask()))
+    zeros.CopyInformation(sitk.ReadImage(files["unlabeled"][1]))
+    sitk.WriteImage(zeros, str(empty))
+    worker = tmp_path / "out" / "worker"
+    reviewed = run("slicer_review.py", "--run-dir", str(tmp_path / "run"), "--prediction-dir", str(worker / "outputs"),
+                   "--accept", files["unlabeled"][0], str(corrected), "--accept", files["unlabeled"][1], str(empty),
+                   "--continue-iterations", "2")
+    assert reviewed.returncode == 2 and "volume 'CT4'" in reviewed.stderr and "empty" in reviewed.stderr
+    assert "accepted CT3: Dice to the prediction" in reviewed.stdout and "Trained:" not in reviewed.stdout
+    assert [e["case"] for e in json.loads((worker / "review.json").read_text())["accepted"]] == ["CT3"]
+    assert sorted(p.name for p in (worker / "accepted").iterdir()) == ["CT3_image.nrrd", "CT3_label.nrrd"]
+    assert sorted(p.name for p in (tmp_path / "run").parent.iterdir() if (p / "parent.json").exists()) == []  # no child run

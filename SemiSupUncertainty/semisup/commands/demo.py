@@ -83,7 +83,7 @@ def run_demo(
     spec = DatasetSpec.from_json(dataset_json)
     model = load_trained(result.best_checkpoint, "auto")
     pred_dir = out / "predictions"
-    rows = predict_files(model, [c.image for c in spec.test], pred_dir, emit=emit)
+    rows = predict_files(model, [c.image for c in spec.test], pred_dir, save_probabilities=True, emit=emit)
     summary = evaluate_predictions(pred_dir, dataset=dataset_json, split="test")
     metric_rows = {r["case"]: r for r in json.loads((pred_dir / "metrics.json").read_text())["cases"]}
     per_case = [{**metric_rows[r["case"]], **r} for r in rows]

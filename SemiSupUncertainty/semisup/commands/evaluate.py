@@ -14,6 +14,7 @@ __all__ = ["run"]
 
 def run(args: argparse.Namespace, emit: Emitter) -> int:
     from ..measure.evaluate import evaluate_predictions
+    from ..measure.uncertainty_quality import DEFAULT_MARGIN_MM
 
     if args.classes and args.dataset:
         raise ConfigError("--classes is for --labels; a dataset.json declares its own classes")
@@ -21,8 +22,15 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
         raise ConfigError(f"--classes needs background and at least one class, got {args.classes}")
     summary = evaluate_predictions(
         args.predictions, dataset=args.dataset, split=args.split, labels_dir=args.labels, output_dir=args.output_dir,
-        class_names=args.classes,
+        class_names=args.classes, margin_mm=DEFAULT_MARGIN_MM if args.margin_mm is None else args.margin_mm,
     )
     for name, stats in summary["mean"].items():
         print(f"{name}: {stats['mean']:.4f} +- {stats['std']:.4f} over {stats['n']} cases", file=sys.stderr)
+    unc = summary.get("uncertainty", {})
+    for key in ("auroc", "ece", "ueo", "filtered_dice_auc"):
+        value = unc.get(key)
+        text = f"{value['mean']:.4f} over {value['n']} cases" if value else f"not computed ({unc['reasons'].get(key)})"
+        print(f"uncertainty {key}: {text}", file=sys.stderr)
+    rho = unc.get("ranking_spearman")
+    print(f"uncertainty ranking_spearman: {f'{rho:.4f}' if rho is not None else 'not computed (' + str(unc['reasons'].get('ranking_spearman')) + ')'}", file=sys.stderr)
     return EXIT_OK

@@ -21,7 +21,7 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
     if out is None:
         raise ConfigError("--output-dir is required with --checkpoint")
     ckpt = resolve_checkpoint(args.run_dir, args.checkpoint)
-    model = load_trained(ckpt, args.device)
+    model = load_trained(ckpt, args.device, calibration=not getattr(args, "no_calibration", False))
     if args.largest_component:
         model.cfg.inference.largest_component = True
     if getattr(args, "seed", None) is not None:

@@ -33,6 +33,7 @@ __all__ = [
     "read_channels",
     "read_channels_geometry",
     "channels_to_array",
+    "vector_image_to_array",
     "NATURAL_IMAGE_EXTENSIONS",
     "read_geometry",
     "read_metadata",
@@ -134,16 +135,19 @@ def _read_dicom_series(folder: Path) -> sitk.Image:
         raise DataError(f"{folder}: DICOM series cannot be read ({_sitk_message(exc)})") from None
 
 
-def read_image(path: str | os.PathLike) -> sitk.Image:
+def read_image(path: str | os.PathLike, vector: bool = False) -> sitk.Image:
     """Read any scalar 2D/3D image SimpleITK can read (NRRD, NIfTI, MHA/MHD, ...).
+
+    ``vector=True`` also accepts several components per voxel (class probabilities);
+    read them with :func:`vector_image_to_array`.
 
     Raises
     ------
     DataError
-        The file is missing, unreadable, multi-component or not 2D/3D.
+        The file is missing, unreadable, multi-component (unless ``vector``) or not 2D/3D.
     """
     img = _read_any(path)
-    _check_supported(path, img.GetDimension(), img.GetNumberOfComponentsPerPixel(), img.GetSize())
+    _check_supported(path, img.GetDimension(), 1 if vector else img.GetNumberOfComponentsPerPixel(), img.GetSize())
     return img
 
 
@@ -476,3 +480,8 @@ def same_geometry(a: sitk.Image | Geometry, b: sitk.Image | Geometry, tol: float
     """Whether ``a`` and ``b`` have the same size, spacing, origin and direction (see
     :func:`geometry_difference` for the tolerance)."""
     return geometry_difference(a, b, tol) is None
+
+
+def vector_image_to_array(img: sitk.Image) -> np.ndarray:
+    """Voxel vectors as ``(C, x, y, z)`` (channel first); the same as :func:`channels_to_array`."""
+    return channels_to_array(img)

@@ -36,6 +36,7 @@ from ..data.io import orientation_code, read_channels_geometry, read_metadata
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import resolve_device
 from ..inference.predictor import largest_connected_component, predict_volume
+from ..inference.calibration import TemperatureScaled
 from ..inference.uncertainty import volume_scores
 from ..methods import Method, build_method
 
@@ -55,8 +56,17 @@ PROVENANCE_KEY = "semisup_provenance"
 log = logging.getLogger(__name__)
 
 
+#: Written by ``semisup calibrate`` into the run folder, beside ``checkpoints/``.
+CALIBRATION_FILE = "calibration.json"
+
+
 class TrainedModel:
-    """A method restored from a checkpoint, with its config and class names."""
+    """A method restored from a checkpoint, with its config and class names.
+
+    ``temperature`` is the fitted temperature scaling of the run (``calibration.json``)
+    when it was fitted for this very checkpoint, else ``None``; ``calibration`` says
+    which, in words, for the outputs.
+    """
 
     def __init__(
         self,
@@ -66,6 +76,7 @@ class TrainedModel:
         checkpoint: Path,
         orientations: list[str] | None = None,
         postprocessing: dict[str, Any] | None = None,
+        iteration: int | None = None,
     ) -> None:
         self.method = method
         self.cfg = cfg
@@ -75,10 +86,16 @@ class TrainedModel:
         self.orientations = list(orientations or [])
         # Decisions taken on the run's validation cases (largest component per class).
         self.postprocessing = postprocessing or {}
+        self.iteration = iteration
+        self.temperature: float | None = None
+        self.calibration: dict[str, Any] = {"applied": False, "reason": "not looked for"}
 
     @property
     def networks(self) -> list[nn.Module]:
-        return self.method.inference_networks()
+        nets = self.method.inference_networks()
+        if self.temperature is None:
+            return nets
+        return [TemperatureScaled(n, self.temperature) for n in nets]
 
 
 def resolve_checkpoint(run_dir: str | Path | None = None, checkpoint: str | Path | None = None) -> Path:
@@ -94,8 +111,12 @@ def resolve_checkpoint(run_dir: str | Path | None = None, checkpoint: str | Path
     raise CheckpointError(f"{run_dir}: no checkpoints/best.pt or checkpoints/last.pt: has this run been trained?")
 
 
-def load_trained(path: str | Path, device: torch.device | str = "cpu") -> TrainedModel:
-    """Rebuild the method from the config stored in the checkpoint and load its weights."""
+def load_trained(path: str | Path, device: torch.device | str = "cpu", calibration: bool = True) -> TrainedModel:
+    """Rebuild the method from the config stored in the checkpoint and load its weights.
+
+    With ``calibration`` the run's ``calibration.json`` (two folders up from the
+    checkpoint) is applied when it names this checkpoint and iteration.
+    """
     path = Path(path)
     state = load_checkpoint(path)
     try:
@@ -106,7 +127,36 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu") -> Traine
         raise CheckpointError(f"{path}: checkpoint does not match its own configuration: {exc}") from None
     device = resolve_device(device) if isinstance(device, str) else device
     method.to(device).eval()
-    return TrainedModel(method, cfg, list(state["class_names"]), path, state.get("orientations"), state.get("postprocessing"))
+    model = TrainedModel(
+        method, cfg, list(state["class_names"]), path, state.get("orientations"), state.get("postprocessing"), state.get("iteration")
+    )
+    if calibration:
+        apply_calibration(model, path.parent.parent / CALIBRATION_FILE)
+    else:
+        model.calibration = {"applied": False, "reason": "calibration turned off"}
+    return model
+
+
+def apply_calibration(model: TrainedModel, file: Path) -> None:
+    """Use the temperature of ``file`` when it was fitted for ``model``'s checkpoint; say why not otherwise."""
+    if not file.is_file():
+        model.calibration = {"applied": False, "reason": f"no {file.name} in the run folder (semisup calibrate)"}
+        return
+    try:
+        doc = json.loads(file.read_text())
+        temperature = float(doc["temperature"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise CheckpointError(f"{file}: not a valid calibration file ({exc})") from None
+    if doc.get("checkpoint") != model.checkpoint.name or doc.get("checkpoint_iteration") != model.iteration:
+        reason = (
+            f"{file} was fitted for {doc.get('checkpoint')} at iteration {doc.get('checkpoint_iteration')}, "
+            f"not {model.checkpoint.name} at iteration {model.iteration}: not applied; run semisup calibrate again"
+        )
+        log.warning(reason)
+        model.calibration = {"applied": False, "reason": reason}
+        return
+    model.temperature = temperature
+    model.calibration = {"applied": True, "temperature": temperature, "file": str(file), "fitted_on": doc.get("fitted_on")}
 
 
 def largest_component_classes(cfg: RunConfig, num_classes: int, postprocessing: dict[str, Any] | None) -> list[int]:
@@ -239,8 +289,10 @@ def predict_files(
         "label_restore": "argmax of linearly restored probabilities",
         "flip_axes": list(cfg.inference.flip_axes),
         "largest_component_classes": components,
+        "calibration": model.calibration,
     }
-    emit("predict_start", cases=len(cases), mc_samples=mc, device=str(device), mc_seed=cfg.inference.seed)
+    emit("predict_start", cases=len(cases), mc_samples=mc, device=str(device), mc_seed=cfg.inference.seed,
+         temperature=model.temperature, calibration=_calibration_words(model.calibration))
     rows: list[dict[str, Any]] = []
     failed: dict[Path, str] = {}
     try:
@@ -351,7 +403,15 @@ def _predict_one(model, image, path, name, out_dir, mc, save_probs, device, inde
     scores = volume_scores(maps["uncertainty"], label)
     scores["mean_mutual_information_image"] = float(maps["mutual_information"].mean())
     emit("predicted", index=index, total=total, case=name, outputs={k: str(v) for k, v in outputs.items()}, scores=scores)
-    return {"case": name, "image": str(path), **{k: str(v) for k, v in outputs.items()}, **scores}
+    row = {"case": name, "image": str(path), **{k: str(v) for k, v in outputs.items()}, **scores}
+    row["temperature"] = "" if model.temperature is None else model.temperature
+    return row
+
+
+def _calibration_words(calibration: dict[str, Any]) -> str:
+    if calibration.get("applied"):
+        return f"applied: temperature {calibration['temperature']:.4g} from {calibration.get('file')} ({calibration.get('fitted_on')})"
+    return f"not applied: {calibration.get('reason')}"
 
 
 def _ranked(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

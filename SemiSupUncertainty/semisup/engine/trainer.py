@@ -246,6 +246,8 @@ class Trainer:
             start_it = int(resume_state["iteration"])
             best_dice = float(resume_state["best_dice"])
             _set_rng_state(resume_state["rng"])
+        elif cfg.train.init_from:
+            _warm_start(method, cfg, spec.num_classes, Path(cfg.train.init_from))
         # Issue 6: fail early, with settings that fit, when the step cannot fit in memory.
         memory_estimate = check_training_memory(method, cfg, spec.num_classes, device, amp_dtype)
         if ddp.enabled:  # each rank its own noise and dropout draws (and batches, below)
@@ -275,6 +277,7 @@ class Trainer:
             validation_cases=len(val_cases),
             world_size=ddp.world_size,
             memory_estimate_gib=None if memory_estimate is None else round(memory_estimate.total_gib, 3),
+            init_from=cfg.train.init_from if resume_state is None else None,
         )
         meta = {
             "class_names": spec.class_names,
@@ -595,6 +598,27 @@ class _Tee:
     def __call__(self, event: str, **fields: Any) -> None:
         self.inner(event, **fields)
         self.sink.emit({"event": event, **fields})
+
+
+def _warm_start(method: Method, cfg: RunConfig, num_classes: int, path: Path) -> None:
+    """Load the method weights of another run's checkpoint (``train.init_from``), nothing else."""
+    state = load_checkpoint(path)  # weights_only=True
+    try:
+        saved = RunConfig.from_dict(state["config"], source=str(path))
+        saved_classes = int(state["num_classes"])
+    except KeyError as exc:
+        raise CheckpointError(f"{path}: train.init_from: checkpoint lacks {exc}") from None
+    if saved_classes != num_classes:
+        raise CheckpointError(f"{path}: train.init_from: checkpoint has {saved_classes} classes, the dataset {num_classes}")
+    # The weights must fit: same network and method (its schedule parameters may change).
+    for what, old, new in (("network", saved.network, cfg.network), ("method.name", saved.method.name, cfg.method.name)):
+        if old != new:
+            raise CheckpointError(f"{path}: train.init_from: its {what} {old} differs from this run's {new}")
+    try:
+        method.load_state_dict(state["method"])
+    except (KeyError, RuntimeError) as exc:
+        raise CheckpointError(f"{path}: train.init_from: weights do not fit this method: {exc}") from None
+    log.info("warm start from %s (iteration %s)", path, state.get("iteration"))
 
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:

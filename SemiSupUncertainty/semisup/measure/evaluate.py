@@ -9,8 +9,9 @@ import numpy as np
 
 from ..data import DataError, DatasetSpec, image_to_array, read_image
 from ..data.dataset import IMAGE_EXTENSIONS, case_name_from_path
-from ..data.io import geometry_of, same_geometry
+from ..data.io import geometry_difference, geometry_of, same_geometry, vector_image_to_array
 from .metrics import evaluate_case, summarize, write_results
+from .uncertainty_quality import DEFAULT_MARGIN_MM, case_uncertainty_quality, summarize_uncertainty
 
 __all__ = ["evaluate_predictions"]
 
@@ -23,6 +24,8 @@ def evaluate_predictions(
     labels_dir: str | Path | None = None,
     output_dir: str | Path | None = None,
     class_names: list[str] | None = None,
+    margin_mm: float = DEFAULT_MARGIN_MM,
+    uncertainty_map: str = "uncertainty",
 ) -> dict[str, Any]:
     """Compare ``<case>_label.nrrd`` in ``predictions`` with the reference of every case.
 
@@ -30,6 +33,13 @@ def evaluate_predictions(
     (files named like the cases). Distances are in mm from the reference's spacing.
     Reference voxels of the dataset's ``ignore`` value are left out of every metric.
     Writes ``metrics.csv`` and ``metrics.json`` and returns the summary.
+
+    When the folder holds ``<case>_<uncertainty_map>.nrrd`` (and
+    ``<case>_probabilities.nrrd`` from ``predict --save-probabilities``, for the ECE),
+    each case and the summary get an ``uncertainty`` object
+    (:mod:`semisup.measure.uncertainty_quality`) computed inside the foreground
+    dilated by ``margin_mm``; the summary's ``ranking_spearman`` reads ``scores.csv``.
+    Whatever is missing is ``None`` with its reason.
     """
     pred_dir = Path(predictions)
     ignore_label = None
@@ -46,6 +56,7 @@ def evaluate_predictions(
         raise DataError("give a dataset.json or a folder of reference labels")
 
     loaded = []
+    grids = {}  # case -> the predicted label map's image (the grid its other maps must share)
     for name, ref_path in sorted(cases.items()):
         pred_path = pred_dir / f"{name}_label.nrrd"
         if not pred_path.exists():
@@ -56,13 +67,24 @@ def evaluate_predictions(
         ref = label_values(image_to_array(ref_img), ref_path, class_names, ignore_label)
         pred = label_values(image_to_array(pred_img), pred_path, class_names)
         loaded.append((name, ref_img.GetSpacing(), ref, pred))
+        grids[name] = pred_img
     if not class_names:
         class_names = _undeclared_classes(loaded, labels_dir)
-    rows = [
-        evaluate_case(pred, ref, len(class_names), spacing, class_names, case=name, ignore_index=ignore_label)
-        for name, spacing, ref, pred in loaded
-    ]
+    rows = []
+    for name, spacing, ref, pred in loaded:
+        row = evaluate_case(pred, ref, len(class_names), spacing, class_names, case=name, ignore_index=ignore_label)
+        row["uncertainty"] = _case_uncertainty(
+            pred_dir, name, grids[name], pred, ref, len(class_names), margin_mm, uncertainty_map, ignore_label
+        )
+        rows.append(row)
     summary = summarize(rows)
+    scores, why = _volume_scores(pred_dir, [r["case"] for r in rows])
+    summary["uncertainty"] = summarize_uncertainty(
+        [r["uncertainty"] for r in rows],
+        scores=scores,
+        dice=[r["mean"]["dice"] for r in rows],
+        scores_reason=why,
+    )
     write_results(rows, summary, Path(output_dir) if output_dir else pred_dir)
     return summary
 
@@ -127,3 +149,59 @@ def _undeclared_classes(loaded: list, labels_dir: Path | None) -> list[str]:
             f"({len(missing)} missing); pass --classes (names, background first) or --dataset to declare the classes"
         )
     return ["background"] + [f"class_{i}" for i in range(1, top + 1)]
+
+
+#: Column of scores.csv used for ranking (the key the Slicer table reads too).
+SCORE_KEY = "mean_uncertainty_foreground"
+
+
+def _read_matching(path: Path, pred_img, what: str):
+    img = read_image(path, vector=True)
+    if not same_geometry(geometry_of(img), geometry_of(pred_img)):
+        raise DataError(f"{path}: {what} geometry differs from its label map: {geometry_difference(img, pred_img)}")
+    return img
+
+
+def _case_uncertainty(
+    pred_dir: Path, name: str, pred_img, pred: np.ndarray, ref: np.ndarray, num_classes: int, margin_mm: float, kind: str,
+    ignore_label: int | None = None,
+) -> dict[str, Any]:
+    u_path = pred_dir / f"{name}_{kind}.nrrd"
+    p_path = pred_dir / f"{name}_probabilities.nrrd"
+    missing = {}
+    uncertainty = probabilities = None
+    if u_path.exists():
+        uncertainty = vector_image_to_array(_read_matching(u_path, pred_img, "uncertainty map"))[0].astype(np.float32)
+    else:
+        missing["uncertainty"] = f"no {u_path.name} in the predictions folder"
+    if p_path.exists():
+        probabilities = vector_image_to_array(_read_matching(p_path, pred_img, "probability map"))
+        if probabilities.shape[0] != num_classes:
+            raise DataError(f"{p_path}: {probabilities.shape[0]} probability channels, expected {num_classes} classes")
+    else:
+        missing["probabilities"] = f"no {p_path.name}: predict with --save-probabilities for the ECE"
+    spacing = pred_img.GetSpacing()
+    # Entropy in nats is at most ln C (the normalisation of the QU-BraTS filtered Dice).
+    u_max = float(np.log(num_classes)) if kind == "uncertainty" else None
+    return case_uncertainty_quality(
+        pred, ref, uncertainty, spacing, probabilities=probabilities, uncertainty_max=u_max,
+        margin_mm=margin_mm, missing=missing, ignore_label=ignore_label,
+    )
+
+
+def _volume_scores(pred_dir: Path, cases: list[str]) -> tuple[list[float | None] | None, str | None]:
+    """Per-case ``SCORE_KEY`` from ``scores.csv`` in ``cases`` order, or ``(None, reason)``."""
+    import csv
+
+    path = pred_dir / "scores.csv"
+    if not path.exists():
+        return None, f"no {path.name} in {pred_dir}"
+    with path.open(newline="") as fh:
+        rows = {r.get("case", ""): r for r in csv.DictReader(fh)}
+    if rows and SCORE_KEY not in next(iter(rows.values())):
+        return None, f"{path}: no column {SCORE_KEY!r}"
+    out: list[float | None] = []
+    for case in cases:
+        value = rows.get(case, {}).get(SCORE_KEY)
+        out.append(float(value) if value not in (None, "") else None)
+    return out, None

@@ -7,6 +7,9 @@
   and the embedded figure;
 - ``report.png``: one axial slice (the middle slice through the foreground) of one
   case: image, prediction (and reference) contours over the image, uncertainty map;
+- ``report_uncertainty.png`` (when the summary has an ``uncertainty`` object from
+  ``evaluate``): a reliability diagram (accuracy vs. confidence, 15 bins) and the
+  voxel error rate against normalised uncertainty, both inside the evaluation region;
 - ``report.json``: the same numbers, machine-readable (non-finite numbers as ``null``).
 
 Every file is written to a temporary name and moved into place (``os.replace``) so a
@@ -34,6 +37,8 @@ _RUN_INFO_ORDER = ("method", "network", "iterations", "device", "time_s", "time"
 UNCERTAINTY_KEYS: tuple[str, ...] = ("mean_uncertainty_foreground", "uncertainty")
 # Entries of a per-case row that are not metrics (evaluate_case rows carry them).
 _NOT_METRICS = ("name", "case", "spacing")
+# Per-case uncertainty-quality scores shown in the table (the bins stay in report.json).
+_UNCERTAINTY_COLUMNS = ("auroc", "ece", "ueo", "filtered_dice_auc")
 # Colours of classes 1, 2, ... in the figure's contours.
 _CLASS_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#5ac8fa")
 
@@ -97,6 +102,7 @@ def _metric_columns(case: Mapping[str, Any]) -> dict[str, Any]:
     left out of the table (they stay in ``report.json``).
     """
     flat = flatten_metrics({k: v for k, v in case.items() if k not in _NOT_METRICS})
+    flat = {k: v for k, v in flat.items() if not k.startswith("uncertainty/") or k.split("/", 1)[1] in _UNCERTAINTY_COLUMNS}
     out = {}
     for key, value in flat.items():
         leaf = key.rsplit("/", 1)[-1]
@@ -265,6 +271,62 @@ def _render_figure(figure_case: Mapping[str, Any]) -> tuple[bytes, int]:
     return buf.getvalue(), z
 
 
+def _render_uncertainty_figure(uncertainty: Mapping[str, Any]) -> bytes | None:
+    """Reliability diagram and error rate vs. normalised uncertainty (pooled over cases), or None."""
+    rel, err = uncertainty.get("reliability"), uncertainty.get("error_by_uncertainty")
+    if not rel and not err:
+        return None
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(10.0, 4.2), dpi=100)
+    FigureCanvasAgg(fig)
+    ax_rel, ax_err = fig.subplots(1, 2)
+    if rel:
+        edges = np.asarray(rel["edges"], dtype=float)
+        centres = (edges[1:] + edges[:-1]) / 2
+        acc = np.array([np.nan if a is None else a for a in rel["accuracy"]], dtype=float)
+        ax_rel.bar(centres, np.nan_to_num(acc), width=np.diff(edges), edgecolor="k", alpha=0.7, label="accuracy")
+        ax_rel.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+        ece = uncertainty.get("ece")
+        ece_text = f", ECE {ece['mean']:.3f}" if isinstance(ece, Mapping) else ""
+        ax_rel.set_title(f"reliability (max class probability{ece_text})")
+        ax_rel.set_xlabel("confidence")
+        ax_rel.set_ylabel("accuracy")
+        ax_rel.set_xlim(0, 1), ax_rel.set_ylim(0, 1)
+        ax_rel.legend(loc="upper left", fontsize=8)
+    else:
+        ax_rel.text(0.5, 0.5, "no probabilities\n(predict --save-probabilities)", ha="center", va="center")
+        ax_rel.set_axis_off()
+    if err:
+        edges = np.asarray(err["edges"], dtype=float)
+        centres = (edges[1:] + edges[:-1]) / 2
+        counts = np.asarray(err["count"], dtype=float)
+        rate = np.divide(np.asarray(err["errors"], dtype=float), counts, out=np.full_like(counts, np.nan), where=counts > 0)
+        ax_err.plot(centres, rate, "o-", label="error rate")
+        auroc = uncertainty.get("auroc")
+        ax_err.set_title("wrong voxels vs. uncertainty" + (f" (AUROC {auroc['mean']:.3f})" if isinstance(auroc, Mapping) else ""))
+        ax_err.set_xlabel("uncertainty / max (entropy / ln C)")
+        ax_err.set_ylabel("fraction of voxels wrong")
+        ax_err.set_xlim(0, 1), ax_err.set_ylim(0, 1)
+        twin = ax_err.twinx()
+        twin.bar(centres, counts, width=np.diff(edges), alpha=0.2, color="grey")
+        twin.set_yscale("log")
+        twin.set_ylabel("voxels (grey bars)")
+        ax_err.set_zorder(twin.get_zorder() + 1)  # the rate line above the count bars
+        ax_err.patch.set_visible(False)
+    else:
+        ax_err.text(0.5, 0.5, "no uncertainty map", ha="center", va="center")
+        ax_err.set_axis_off()
+    region = uncertainty.get("region")
+    if region:
+        fig.suptitle(f"inside the {region}", fontsize=9)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
+
+
 def _summary_lines(metrics_summary: Mapping[str, Any]) -> list[str]:
     """Summary as markdown: ``mean ± std`` statistics pivoted into a table (rows: class
     or group, columns: metric), other scalars as a list.
@@ -279,6 +341,8 @@ def _summary_lines(metrics_summary: Mapping[str, Any]) -> list[str]:
         parent, _, leaf = key.rpartition("/")
         if parent and leaf in ("mean", "std", "n"):
             stats.setdefault(parent.removeprefix("classes/"), {})[leaf] = value
+        elif any(part in ("reliability", "error_by_uncertainty") for part in key.split("/")):
+            continue  # bins: in the figure and report.json
         elif _is_number(value) or value is None or isinstance(value, str):
             scalars.append(f"- **{key}**: {_fmt(value)}")
     cells: dict[str, dict[str, str]] = {}
@@ -317,6 +381,7 @@ def _markdown(
     figure_name: str,
     figure_z: int,
     uncertainty_keys: Sequence[str],
+    uncertainty_figure: bool = False,
 ) -> str:
     lines = ["# SemiSupUncertainty report", "", "## Run", ""]
     keys = [k for k in _RUN_INFO_ORDER if k in run_info] + [k for k in run_info if k not in _RUN_INFO_ORDER]
@@ -369,6 +434,17 @@ def _markdown(
         f"![{figure_name}, z = {figure_z}](report.png)",
         "",
     ]
+    if uncertainty_figure:
+        lines += [
+            "## Uncertainty quality",
+            "",
+            "Left: reliability diagram of the max class probability (perfect calibration on the diagonal). "
+            "Right: fraction of wrong voxels per bin of normalised uncertainty (a useful map rises to the right). "
+            "Voxels of all cases pooled, inside the evaluation region.",
+            "",
+            "![uncertainty quality](report_uncertainty.png)",
+            "",
+        ]
     return "\n".join(lines)
 
 
@@ -426,7 +502,12 @@ def write_report(
     png, z = _render_figure(figure_case)
     _atomic_write_bytes(paths["figure"], png)
     keys = (uncertainty_key,) if isinstance(uncertainty_key, str) else tuple(uncertainty_key)
-    md = _markdown(run_info, metrics_summary, per_case, ranking, name, z, keys)
+    unc = metrics_summary.get("uncertainty")
+    unc_png = _render_uncertainty_figure(unc) if isinstance(unc, Mapping) else None
+    if unc_png is not None:
+        paths["uncertainty_figure"] = out / "report_uncertainty.png"
+        _atomic_write_bytes(paths["uncertainty_figure"], unc_png)
+    md = _markdown(run_info, metrics_summary, per_case, ranking, name, z, keys, unc_png is not None)
     _atomic_write_bytes(paths["markdown"], md.encode("utf-8"))
     payload = {
         "run_info": run_info,

@@ -184,6 +184,7 @@ register_event(
     validation_cases=("int", "validation cases"),
     world_size=("int", "DDP processes"),
     memory_estimate_gib=("float", "the memory guard's estimate of one step"),
+    init_from=("str", "the checkpoint whose weights started this run (train.init_from); null when none"),
 )
 register_event(
     "iteration", "a logged training iteration",
@@ -241,6 +242,8 @@ register_event(
     mc_samples=("int", "MC-dropout samples"),
     device=("str", "torch device"),
     mc_seed=("int", "seed of the dropout draws (inference.seed); also in scores.json, settings"),
+    temperature=("float", "the run's temperature scaling (calibration.json) when applied; null when not"),
+    calibration=("str", "whether calibration.json was applied, and if not why"),
 )
 register_event(
     "predicted", "one volume predicted",
@@ -274,6 +277,35 @@ register_event(
     budget=("str", "cpu or gpu"),
     method=("str", "the planned method"),
     iterations=("int", "the planned training iterations"),
+)
+register_event(
+    "calibrate_start", "temperature scaling of a run begins",
+    run_dir=("str", "the run folder"),
+    checkpoint=("str", "the checkpoint calibrated"),
+    validation_cases=("int", "validation cases (0: cross-fitting on the labeled cases)"),
+)
+register_event(
+    "calibrate_fold", "a cross-fitting model is trained",
+    fold=("int", "0-based fold"),
+    folds=("int", "number of folds"),
+    held_out=("str_list", "case names the fold's model predicts"),
+)
+register_event(
+    "calibrate_done", "temperature fitted, calibration.json written",
+    temperature=("float", "the fitted temperature"),
+    nll_before=("float", "NLL at T = 1 on the fitting voxels"),
+    nll_after=("float", "NLL at the fitted T"),
+    ece_before=("float", "ECE (15 bins) at T = 1"),
+    ece_after=("float", "ECE at the fitted T"),
+    voxels=("int", "voxels fitted on"),
+)
+register_event(
+    "labelling_round", "a round of simulate-labelling measured",
+    seed=("int", "the seed"),
+    strategy=("str", "random, uncertainty or diverse"),
+    round=("int", "0-based round"),
+    n_labeled=("int", "labeled volumes this round"),
+    dice=("float", "mean Dice on the held-out set"),
 )
 register_event(
     "comparison", "a paired comparison of two evaluated runs",
