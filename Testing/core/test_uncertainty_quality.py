@@ -151,6 +151,8 @@ def test_evaluate_writes_uncertainty_object(tmp_path):
     assert math.isfinite(cases["c1"]["ece"]) and cases["c1"]["region_margin_mm"] == 2.0
     unc = summary["uncertainty"]
     assert unc["auroc"]["n"] == 3 and unc["ece"]["n"] == 2
+    many = summarize_uncertainty([{**cases["c0"], "reasons": {"ece": f"no c{i}_probabilities.nrrd"}, "ece": None} for i in range(5)])
+    assert many["reasons"]["ece"] == "no c0_probabilities.nrrd; and 4 more case(s) likewise"
     # More uncertain volumes are the worse ones: perfect rank agreement.
     assert unc["ranking_spearman"] == pytest.approx(1.0)
     assert 0.0 < unc["filtered_dice_auc"]["mean"] <= 1.0

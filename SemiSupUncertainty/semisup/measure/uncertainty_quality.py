@@ -365,6 +365,8 @@ def summarize_uncertainty(
         else:
             out[key] = None
             why = sorted({r["reasons"].get(key, "") for r in case_results} - {""})
+            if len(why) > 2:  # one reason per case (file names differ): the first, and how many more
+                why = [why[0], f"and {len(why) - 1} more case(s) likewise"]
             out["reasons"][key] = "; ".join(why) if why else "no case"
     if scores is None or dice is None:
         out["ranking_spearman"] = None
