@@ -1,4 +1,4 @@
-"""What scripts/slicer_train.py and scripts/slicer_predict.py do: files in, files out, exit codes.
+"""What scripts/slicer_train.py, slicer_predict.py and slicer_review.py do: files in, files out, exit codes.
 
 Works inside Slicer (``Slicer --no-main-window --python-script ...``) and with plain
 Python plus the ``slicer-core`` wheel: files are read and written with MRML storage
@@ -18,7 +18,7 @@ from typing import Callable, Sequence
 from .MRMLIO import readSegmentation, readVolume, writeSegmentation, writeVolume
 from semisup.protocol import EXIT_BAD_INPUT, EXIT_ERROR, EXIT_OK, STATUS_EXIT_CODES, Event, ExitStatus, ProgressTracker
 
-__all__ = ["EXIT_CODES", "scene", "scriptArguments", "loadLabeledCase", "progressPrinter", "writeTableCsv", "writePrediction", "addWorkerOptions", "logicFromOptions", "trainMain", "predictMain"]
+__all__ = ["EXIT_CODES", "scene", "scriptArguments", "loadLabeledCase", "progressPrinter", "writeTableCsv", "writePrediction", "addWorkerOptions", "logicFromOptions", "trainMain", "predictMain", "reviewMain"]
 
 #: Script exit codes: the worker's (docs/worker-protocol.md).
 EXIT_CODES = STATUS_EXIT_CODES
@@ -192,6 +192,64 @@ def predictMain(argv: Sequence[str] | None = None) -> int:
     for path in writePrediction(job.result, options.output_dir):
         print(f"wrote {path}")
     return EXIT_OK
+
+
+def reviewMain(argv: Sequence[str] | None = None) -> int:
+    """``slicer_review.py``: accept corrected labels of predicted volumes, then optionally continue training.
+
+    A refused volume (empty, missing a class segment, grid changed since its prediction)
+    is named on stderr and the others are still accepted; the exit code is then 2 and no
+    training starts.
+    """
+    from semisup.protocol.run_folder import class_names_of_run
+
+    from .ReviewLogic import ReviewLogic
+    from .SceneExporter import InputError
+
+    parser = argparse.ArgumentParser(prog="slicer_review.py", description="Accept corrected labels and continue training.")
+    parser.add_argument("--run-dir", required=True, help="the run that predicted")
+    parser.add_argument("--prediction-dir", required=True, help="the prediction's output folder (with scores.csv)")
+    parser.add_argument("--accept", nargs=2, action="append", default=[], metavar=("IMAGE", "LABELS"),
+                        help="an image that was predicted and its corrected .seg.nrrd or label map (repeatable)")
+    parser.add_argument("--continue-iterations", type=int, help="then train a new run from the run's model")
+    parser.add_argument("--new-run-dir", help="folder of the new run (default: beside the run)")
+    addWorkerOptions(parser)
+    options = parser.parse_args(scriptArguments(argv))
+    mrmlScene = scene()
+    logic = logicFromOptions(options, mrmlScene)
+    logic.runsDirectory = Path(options.run_dir).resolve().parent
+    classNames = class_names_of_run(options.run_dir)
+    code = EXIT_OK
+    try:
+        nodes = {}
+        for image, labels in options.accept:
+            volume, seg = loadLabeledCase(mrmlScene, image, labels, classNames)
+            nodes[volume.GetName()] = (volume, seg, None)
+        review = ReviewLogic.fromOutputs(logic, options.run_dir, options.prediction_dir, nodes)
+    except (InputError, FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    for case in nodes:
+        try:
+            change = review.accept(case)
+        except InputError as exc:  # the other volumes are still accepted
+            print(f"error: {exc}", file=sys.stderr)
+            code = EXIT_BAD_INPUT
+            continue
+        print(f"accepted {case}: Dice to the prediction {change.dice:.4f}, {change.changedMl:.3f} ml changed "
+              f"(+{change.addedMl:.3f} / -{change.removedMl:.3f} ml)")
+    if options.continue_iterations and code == EXIT_OK:
+        try:
+            job = review.continueTraining(options.new_run_dir, iterations=options.continue_iterations, wait=False, onEvent=progressPrinter())
+        except InputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return EXIT_BAD_INPUT
+        _waitCancellingOnInterrupt(job, "Cancelling: finishing the current iteration and saving a checkpoint...")
+        if job.status != ExitStatus.FINISHED:
+            print(f"error: {job.errorMessage}", file=sys.stderr)
+            return EXIT_CODES.get(job.status, EXIT_ERROR)
+        print(f"Trained: {job.runDir} (parent {options.run_dir})")
+    return code
 
 
 def _keyValue(item: str) -> tuple[str, str]:
