@@ -74,7 +74,7 @@ from harness import (
     child_env,
     iteration_rates,
     merge_result,
-    pooled_folds,
+    pooled_table,
     predict_and_evaluate,
     progress_events,
     read_results,
@@ -423,17 +423,9 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     results = read_results(results_path)
     print(table(results))
-    pooled = pooled_folds(results)
+    pooled = pooled_table(results, "volumes")
     if pooled:
-        print("\nFolds pooled (each volume once, mean over seeds; paired Wilcoxon vs supervised):\n")
-        print("| method | volumes | mean Dice % | median | worst | 5th pct | < 0.5 | vs supervised: better, mean diff, p |")
-        print("|---|---|---|---|---|---|---|---|")
-        for method, r in pooled.items():
-            vs = r.get("vs_baseline")
-            cmp = f"{vs['better']}/{vs['cases']}, {vs['mean_difference'] * 100:+.2f}, p = {vs['p']:.3g}" if vs else "-"
-            print(f"| {method} | {r['cases']} | {r['mean'] * 100:.2f} | {r['median'] * 100:.1f} | {r['worst'] * 100:.1f} | "
-                  f"{r['p5'] * 100:.1f} | {r['under_0.5']} | {cmp} |")
-
+        print(pooled)
 
 if __name__ == "__main__":
     main()

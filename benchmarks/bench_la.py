@@ -54,7 +54,7 @@ from harness import (
     child_env,
     iteration_rates,
     merge_result,
-    pooled_folds,
+    pooled_table,
     predict_and_evaluate,
     progress_events,
     read_results,
@@ -290,17 +290,9 @@ def main() -> None:
         pct = lambda k: f"{d[k] * 100:.1f}" if k in d else "-"  # noqa: E731
         print(f"| {key} | {r['dice']:.2f} | {pct('median')} | {pct('worst')} | {pct('p5')} | {d.get('under_0.5', '-')} | "
               f"{r['jaccard']:.2f} | {r['hd95_mm']:.2f} | {r['asd_mm']:.2f} | {r['it_per_s'] or 0:.2f} | {r['train_minutes']:.1f} |")
-    pooled = pooled_folds(results)
+    pooled = pooled_table(results, "cases")
     if pooled:
-        print("\nFolds pooled (each case once, mean over seeds; paired Wilcoxon vs supervised):\n")
-        print("| method | cases | mean Dice % | median | worst | 5th pct | cases < 0.5 | vs supervised: better, mean diff, p |")
-        print("|---|---|---|---|---|---|---|---|")
-        for method, r in pooled.items():
-            vs = r.get("vs_baseline")
-            cmp = f"{vs['better']}/{vs['cases']}, {vs['mean_difference'] * 100:+.2f}, p = {vs['p']:.3g}" if vs else "-"
-            print(f"| {method} | {r['cases']} | {r['mean'] * 100:.2f} | {r['median'] * 100:.1f} | {r['worst'] * 100:.1f} | "
-                  f"{r['p5'] * 100:.1f} | {r['under_0.5']} | {cmp} |")
-
+        print(pooled)
 
 if __name__ == "__main__":
     main()

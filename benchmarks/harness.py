@@ -267,3 +267,19 @@ def pooled_folds(results: dict[str, dict[str, Any]], baseline: str = "supervised
             }
         out[method] = row
     return out
+
+
+def pooled_table(results: dict[str, Any], unit: str = "cases") -> str:
+    """The Markdown table of :func:`pooled_folds` (empty when no fold was run); ``unit`` names a row's items."""
+    pooled = pooled_folds(results)
+    if not pooled:
+        return ""
+    lines = [f"\nFolds pooled (each of the {unit} once, mean over seeds; paired Wilcoxon vs supervised):\n",
+             f"| method | {unit} | mean Dice % | median | worst | 5th pct | < 0.5 | vs supervised: better, mean diff, p |",
+             "|---|---|---|---|---|---|---|---|"]
+    for method, r in pooled.items():
+        vs = r.get("vs_baseline")
+        cmp = f"{vs['better']}/{vs['cases']}, {vs['mean_difference'] * 100:+.2f}, p = {vs['p']:.3g}" if vs else "-"
+        lines.append(f"| {method} | {r['cases']} | {r['mean'] * 100:.2f} | {r['median'] * 100:.1f} | {r['worst'] * 100:.1f} | "
+                     f"{r['p5'] * 100:.1f} | {r['under_0.5']} | {cmp} |")
+    return "\n".join(lines)

@@ -80,3 +80,6 @@ def test_pooled_folds_pairs_cases_across_folds(load_script):
     vs = pooled["uamt"]["vs_baseline"]
     assert vs["cases"] == 3 and vs["better"] == 2 and vs["mean_difference"] == pytest.approx(0.4 / 3)
     assert "vs_baseline" not in pooled["supervised"]
+    table = harness.pooled_table(results, "cases").splitlines()
+    assert table[-1].startswith("| uamt | 3 | 73.33 | 70.0 | 60.0 |") and "2/3, +13.33" in table[-1]
+    assert harness.pooled_table({"single-split": results["single-split"]}) == ""
