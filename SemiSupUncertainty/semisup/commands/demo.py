@@ -29,7 +29,7 @@ from .exit_codes import EXIT_OK
 
 __all__ = ["demo_config", "run", "run_demo", "DEMO_ITERATIONS"]
 
-#: About three minutes of UA-MT on two CPU cores (docs/benchmarks.md, demo row).
+#: One to four minutes of UA-MT on two CPU cores (docs/benchmarks.md, demo rows).
 DEMO_ITERATIONS = 300
 
 
