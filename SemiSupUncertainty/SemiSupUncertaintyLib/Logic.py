@@ -51,6 +51,17 @@ def _asList(nodes) -> list:
     return [nodes]
 
 
+def _runChannels(runDir: Path) -> int | None:
+    """Input channels the run was trained on (``data.channels``, saved by the trainer), or ``None``."""
+    try:
+        import yaml
+
+        channels = (yaml.safe_load((runDir / "config.yaml").read_text()) or {}).get("data", {}).get("channels")
+    except Exception:  # unreadable config: the worker reports it
+        return None
+    return int(channels) if isinstance(channels, int) and not isinstance(channels, bool) and channels > 0 else None
+
+
 class SemiSupUncertaintyLogic:
     """Scene export, background training and prediction, result import.
 
@@ -317,7 +328,7 @@ class SemiSupUncertaintyLogic:
         volumes = _asList(volumes)
         classNames = info.class_names
         base = Path(outputDir) if outputDir else runDir / "slicer-predictions" / time.strftime("%Y%m%d-%H%M%S")
-        records = self.exporter.exportVolumes(volumes, base / "inputs")
+        records = self.exporter.exportVolumes(volumes, base / "inputs", channels=_runChannels(runDir))
         args = ["predict", "--run-dir", runDir, "--input", *[r.image for r in records], "--output-dir", base / "outputs", "--progress", "json", "--device", device]
         if mcSamples is not None:
             args += ["--mc-samples", int(mcSamples)]

@@ -5,7 +5,10 @@ The run folder gets an MSD-style ``dataset.json`` (``labels``, ``training``,
 ``imagesUnlabeled/`` NRRD files. Every label map is exported on its volume's exact
 voxel grid (origin, spacing, oblique directions; extent of the reference geometry,
 so segments of any extent land where they are), with class ``i`` = the ``i``-th name
-of the class list. All input problems are collected and raised together as one
+of the class list. A multi-component (vector/RGB) volume is written as one vector file,
+which the core reads as that many channels; every volume of a run has the same count. A
+segment named "ignore" or "unlabeled region" is not a class: its voxels get the value
+after the last class, declared as ``"ignore"`` in ``labels`` (see ``ChannelInputs``). All input problems are collected and raised together as one
 :class:`InputError` before anything is written, so the user fixes them in one go.
 """
 
@@ -63,6 +66,8 @@ class ExportedDataset:
     #: class name -> {"color": [r, g, b], "terminology": "..."} of the labeled segments, so
     #: that predicted segments look and are coded like the ones the user drew.
     classStyles: dict[str, dict] = field(default_factory=dict)
+    #: label value of voxels nobody labeled (an "ignore" segment), declared in dataset.json
+    ignoreLabel: int | None = None
 
     def names(self, role: str) -> list[str]:
         return [c.name for c in self.cases if c.role == role]
@@ -114,6 +119,36 @@ def _isScalarVolume(node) -> bool:
     return node is not None and node.IsA("vtkMRMLScalarVolumeNode") and not any(node.IsA(c) for c in NOT_SCALAR_CLASSES)
 
 
+def _isVectorVolume(node) -> bool:
+    """A multi-component (RGB, vector) volume; streaming (video) volumes are not inputs."""
+    return node is not None and node.IsA("vtkMRMLVectorVolumeNode") and not node.IsA("vtkMRMLStreamingVolumeNode")
+
+
+def _isInputVolume(node) -> bool:
+    return _isScalarVolume(node) or _isVectorVolume(node)
+
+
+def _components(volume) -> int:
+    return int(volume.GetImageData().GetNumberOfScalarComponents())
+
+
+def componentProblems(volumes: Sequence, expected: int | None = None, what: str = "the run") -> list[str]:
+    """Every volume of a run needs one number of components (channels): each volume that
+    differs from the first (or from ``expected``) is named."""
+    volumes = [v for v in volumes if v is not None and v.GetImageData() is not None]
+    if not volumes:
+        return []
+    first = volumes[0]
+    reference = f"'{first.GetName()}' has {_components(first)}" if expected is None else f"{what} has {expected}"
+    count = _components(first) if expected is None else expected
+    return [
+        f"volume '{v.GetName()}' has {_components(v)} component(s) per voxel but {reference}: "
+        "every volume of a run needs the same number of channels"
+        for v in volumes
+        if _components(v) != count
+    ]
+
+
 class SceneExporter:
     """Turns scene nodes into a run folder the core library trains or predicts on."""
 
@@ -132,14 +167,20 @@ class SceneExporter:
         """Scalar volumes a user could train on: not labelmaps, not outputs of this module."""
         return [n for n in self._nodes("vtkMRMLScalarVolumeNode") if _isScalarVolume(n) and not n.GetAttribute(ROLE_ATTRIBUTE)]
 
+    def inputVolumes(self) -> list:
+        """Volumes a user may choose by hand: scalar and multi-component (RGB, vector) volumes,
+        not labelmaps, not outputs of this module. (Only scalar ones are offered by default.)"""
+        return [n for n in self._nodes("vtkMRMLScalarVolumeNode") if _isInputVolume(n) and not n.GetAttribute(ROLE_ATTRIBUTE)]
+
     def pairSegmentationsWithVolumes(self) -> list[tuple]:
-        """(volume, segmentation) for every segmentation whose reference geometry is a scalar volume."""
+        """(volume, segmentation) for every segmentation whose reference geometry is a scalar or
+        multi-component volume."""
         pairs = []
         for seg in self._nodes("vtkMRMLSegmentationNode"):
             if seg.GetAttribute(ROLE_ATTRIBUTE):
                 continue
             ref = seg.GetNodeReference(seg.GetReferenceImageGeometryReferenceRole())
-            if _isScalarVolume(ref):
+            if _isInputVolume(ref):
                 pairs.append((ref, seg))
         return pairs
 
@@ -159,7 +200,11 @@ class SceneExporter:
         Without ``classNames``, the classes are every segment name seen, in order of
         first appearance. A case missing one of them, or (with ``classNames``) holding
         a segment of another name, is an :class:`InputError` naming case and segment.
+        A segment named "ignore" or "unlabeled region" (:func:`ChannelInputs.isIgnoreSegment`)
+        marks unlabeled voxels, is optional in each case and is never a class.
         """
+        from .ChannelInputs import isIgnoreSegment  # ChannelInputs imports this module
+
         problems: list[str] = []
         perCase: list[tuple[str, list[str]]] = []
         for volume, seg in labeledPairs:
@@ -174,10 +219,13 @@ class SceneExporter:
                 problems.append(f"{label} has several segments named {', '.join(repr(d) for d in dupes)}")
             if any(n.lower() == "background" for n in names):
                 problems.append(f"{label} has a segment named 'background': that name is reserved for label 0 (everything outside the segments)")
-            perCase.append((label, [n for n in names if n]))
+            ignores = [n for n in names if isIgnoreSegment(n)]
+            if len(ignores) > 1:
+                problems.append(f"{label} has segments {ignores} that all mark unlabeled voxels; keep one ('ignore' or 'unlabeled region')")
+            perCase.append((label, [n for n in names if n and not isIgnoreSegment(n)]))
 
         if classNames is not None:
-            expected = [str(c).strip() for c in classNames]
+            expected = [str(c).strip() for c in classNames if not isIgnoreSegment(str(c))]
         else:
             expected = []
             for _, names in perCase:
@@ -233,18 +281,20 @@ class SceneExporter:
                 role = "labeled case" if seen[volume.GetID()] == "labeled" else "unlabeled volume"
                 problems.append(f"volume '{volume.GetName()}' is both an unlabeled volume and a {role}: untick it in the unlabeled list")
             seen[volume.GetID()] = "unlabeled"
+        if not problems:  # every volume is readable: compare their channel counts
+            problems += componentProblems([v for v, _ in labeledPairs] + list(unlabeledVolumes))
         if problems:
             raise InputError(problems)
         return self.classNames(labeledPairs, classNames)
 
     @staticmethod
     def _volumeProblems(volume) -> list[str]:
-        if not _isScalarVolume(volume):
-            return [f"'{volume.GetName()}' is not a scalar volume"]
+        if not _isInputVolume(volume):
+            return [f"'{volume.GetName()}' is not a scalar volume (nor a multi-component RGB/vector volume)"]
         image = volume.GetImageData()
         if image is None or image.GetNumberOfPoints() == 0:
             return [f"volume '{volume.GetName()}' has no voxels"]
-        if image.GetNumberOfScalarComponents() != 1:
+        if _isScalarVolume(volume) and image.GetNumberOfScalarComponents() != 1:
             return [f"volume '{volume.GetName()}' has {image.GetNumberOfScalarComponents()} components per voxel; a single-component (grey-level) volume is needed"]
         return []
 
@@ -268,9 +318,12 @@ class SceneExporter:
 
         cases: list[CaseRecord] = []
         counts = np.zeros(len(classes) + 1, dtype=np.int64)
+        ignoreLabel = None
         for (volume, seg), name in zip(labeledPairs, labeledNames):
             image = writeVolume(volume, runDir / "imagesTr" / f"{name}.nrrd")
-            label, histogram = self.exportLabelmap(seg, volume, classes, runDir / "labelsTr" / f"{name}.nrrd")
+            label, histogram, hasIgnore = self._exportCaseLabels(seg, volume, classes, runDir / "labelsTr" / f"{name}.nrrd")
+            if hasIgnore:
+                ignoreLabel = len(classes) + 1  # the same value in every case (ChannelInputs.labelsWithIgnore)
             counts += histogram
             cases.append(
                 CaseRecord(
@@ -300,14 +353,35 @@ class SceneExporter:
         warnings = [f"class '{c}' has no voxels in any labeled case" for c, n in zip(classes, counts[1:]) if n == 0]
         if not unlabeledVolumes:
             warnings.append("no unlabeled volumes: a semi-supervised method has nothing to learn from beyond the labels")
-        dataset = ExportedDataset(runDir, runDir / "dataset.json", classes, cases, warnings, classStyles(labeledPairs, classes))
+        dataset = ExportedDataset(runDir, runDir / "dataset.json", classes, cases, warnings, classStyles(labeledPairs, classes), ignoreLabel)
         self.writeDatasetJson(dataset, datasetName)
         return dataset
 
-    def exportVolumes(self, volumes: Sequence, folder: str | Path) -> list[CaseRecord]:
-        """Write volumes to predict on; the case name (file stem) is unique and file-system safe."""
+    def _exportCaseLabels(self, seg, volume, classes: Sequence[str], path: Path) -> tuple[Path, np.ndarray, bool]:
+        """The case's label map (with its ignore segment, if any, as ``len(classes) + 1``),
+        the voxel count per class value, and whether it has an ignore segment."""
+        from .ChannelInputs import exportSparseLabelmap, isIgnoreSegment
+
+        ignores = [n for _, n in _segmentNames(seg) if isIgnoreSegment(n)]
+        if not ignores:
+            label, histogram = self.exportLabelmap(seg, volume, classes, path)
+            return label, histogram, False
+        import SimpleITK as sitk
+
+        label, _ = exportSparseLabelmap(self.scene, seg, volume, [*classes, ignores[0]], path)
+        values = sitk.GetArrayViewFromImage(sitk.ReadImage(str(label))).ravel().astype(np.int64)
+        return label, np.bincount(values, minlength=len(classes) + 2)[: len(classes) + 1], True
+
+    def exportVolumes(self, volumes: Sequence, folder: str | Path, channels: int | None = None) -> list[CaseRecord]:
+        """Write volumes to predict on; the case name (file stem) is unique and file-system safe.
+
+        ``channels``: the run's input channel count; a volume with another number of
+        components is an :class:`InputError` naming it.
+        """
         folder = Path(folder)
         problems = [p for v in volumes for p in self._volumeProblems(v)]
+        if not problems:
+            problems = componentProblems(volumes, channels, f"the trained run (channels: {channels})")
         if problems:
             raise InputError(problems)
         if not volumes:
@@ -390,6 +464,8 @@ class SceneExporter:
             "training": entries("training", True),
             "unlabeled": entries("unlabeled", False),
         }
+        if dataset.ignoreLabel is not None:  # nnU-Net v2: voxels of this value are left out of losses and metrics
+            description["labels"]["ignore"] = int(dataset.ignoreLabel)
         if dataset.names("validation"):
             description["validation"] = entries("validation", True)
         dataset.runDir.mkdir(parents=True, exist_ok=True)
@@ -398,6 +474,7 @@ class SceneExporter:
             "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
             "classes": dataset.classNames,
             "classStyles": dataset.classStyles,
+            "ignoreLabel": dataset.ignoreLabel,
             "warnings": dataset.warnings,
             "cases": [asdict(c) for c in dataset.cases],
         }

@@ -262,7 +262,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         if not self.params.node.GetParameter("unlabeledChosen"):  # never chosen by the user: all
             chosen = {n.GetID() for n in candidates}
         self._fillList(self.ui.unlabeledListWidget, [(v.GetName(), v.GetID(), v.GetID() in chosen) for v in candidates])
-        allVolumes = SceneExporter(slicer.mrmlScene).scalarVolumes()
+        allVolumes = SceneExporter(slicer.mrmlScene).inputVolumes()  # RGB/vector too, chosen by hand
         toPredict = {n.GetID() for n in self.params.predictVolumes()}
         self._fillList(self.ui.predictVolumeListWidget, [(v.GetName(), v.GetID(), v.GetID() in toPredict) for v in allVolumes])
         self.updateClasses()

@@ -91,3 +91,99 @@ def test_ignore_segment_becomes_the_ignore_label(scene, tmp_path):
     assert spec.ignore_label == 3 and spec.class_names == ["background", "Liver", "Kidney"]
     with pytest.raises(InputError, match="all mark unlabeled voxels"):
         labelsWithIgnore(["ignore", "Unlabeled Region"])
+
+
+def _vectorVolume(scene, name: str, seed: int, components: int = 3):
+    """An oblique multi-component volume (z, y, x, C) on the grid of ``obliqueVolume``."""
+    import slicer
+
+    from mrml_helpers import SHAPE_XYZ, obliqueDirections, setGeometry
+
+    x, y, z = SHAPE_XYZ
+    rng = np.random.default_rng(seed)
+    arr = rng.integers(0, 50, size=(z, y, x, components)).astype(np.uint8)
+    arr[liverMask() > 0] += 150  # the structure is bright in every channel
+    node = scene.AddNewNodeByClass("vtkMRMLVectorVolumeNode", name)
+    slicer.util.updateVolumeFromArray(node, arr)
+    setGeometry(node, obliqueDirections())
+    node.CreateDefaultDisplayNodes()
+    return node
+
+
+def _sparseVectorScene(scene):
+    """Two labeled RGB cases (the first labeled on its lower slices only) and one unlabeled RGB volume."""
+    unlabeled = np.zeros_like(liverMask())
+    unlabeled[8:, :, :] = 1  # upper slices nobody labeled; overlaps the liver (the painted class wins)
+    first = _vectorVolume(scene, "RGB1", seed=1)
+    second = _vectorVolume(scene, "RGB2", seed=2)
+    pairs = [
+        (first, addSegmentation(scene, first, "RGB1 segmentation", {"Liver": liverMask(), "Ignore": unlabeled})),
+        (second, addSegmentation(scene, second, "RGB2 segmentation", {"Liver": liverMask()})),
+    ]
+    return pairs, _vectorVolume(scene, "RGB3", seed=3), unlabeled
+
+
+def test_vector_volumes_with_an_ignore_segment_export_a_dataset_the_core_trains_on(scene, tmp_path):
+    from semisup.data.checks import check_dataset, count_channels
+    from semisup.data.dataset import DatasetSpec
+    from semisup.protocol.run_folder import class_names_of_run
+
+    from SemiSupUncertaintyLib.SceneExporter import SceneExporter
+
+    pairs, rgb3, unlabeled = _sparseVectorScene(scene)
+    exporter = SceneExporter(scene)
+    # segmentations drawn on RGB volumes pair with them; RGB volumes are never offered by default (#15)
+    assert {(v.GetName(), s.GetName()) for v, s in exporter.pairSegmentationsWithVolumes()} == {(v.GetName(), s.GetName()) for v, s in pairs}
+    assert exporter.defaultUnlabeledVolumes(pairs) == []
+    assert [v.GetName() for v in exporter.inputVolumes()] == ["RGB1", "RGB2", "RGB3"]
+
+    assert exporter.checkInputs(pairs, [rgb3]) == ["Liver"]  # "Ignore" is not a class
+    dataset = exporter.export(tmp_path / "run", pairs, [rgb3])
+    assert dataset.classNames == ["Liver"] and dataset.ignoreLabel == 2
+    raw = json.loads((tmp_path / "run" / "dataset.json").read_text())
+    assert raw["labels"] == {"0": "background", "1": "Liver", "ignore": 2}
+    assert class_names_of_run(tmp_path / "run") == ["Liver"]  # what prediction names its segments after
+
+    spec = DatasetSpec.from_json(tmp_path / "run" / "dataset.json")
+    assert spec.ignore_label == 2 and spec.class_names == ["background", "Liver"]
+    check_dataset(spec, 3)  # what the trainer checks first: raises on any problem
+    assert count_channels(spec) == 3
+    first = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / "labelsTr" / "RGB1.nrrd")))
+    expected = liverMask().copy()
+    expected[(unlabeled == 1) & (expected == 0)] = 2
+    np.testing.assert_array_equal(first, expected)
+    second = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "run" / "labelsTr" / "RGB2.nrrd")))
+    np.testing.assert_array_equal(second, liverMask())  # fully labeled case: no ignore voxels
+    image = sitk.ReadImage(str(tmp_path / "run" / "imagesTr" / "RGB1.nrrd"))
+    assert image.GetNumberOfComponentsPerPixel() == 3
+
+
+def test_mixed_component_counts_are_refused_naming_the_volume(scene, tmp_path):
+    from mrml_helpers import addLabeledCase
+
+    from SemiSupUncertaintyLib.SceneExporter import SceneExporter
+
+    exporter = SceneExporter(scene)
+    grey = [addLabeledCase(scene, "CT1", seed=1)]
+    rgb = _vectorVolume(scene, "Photo", seed=4)
+    with pytest.raises(InputError, match="volume 'Photo' has 3 component\\(s\\) per voxel but 'CT1' has 1"):
+        exporter.export(tmp_path / "run", grey, [rgb])
+    assert not (tmp_path / "run").exists()  # nothing written
+    twoChannel = _vectorVolume(scene, "Pair", seed=5, components=2)
+    with pytest.raises(InputError, match="volume 'Pair' has 2 component\\(s\\) per voxel but the trained run \\(channels: 3\\) has 3"):
+        exporter.exportVolumes([rgb, twoChannel], tmp_path / "inputs", channels=3)
+    assert [r.name for r in exporter.exportVolumes([rgb], tmp_path / "inputs", channels=3)] == ["Photo"]
+    tensor = scene.AddNewNodeByClass("vtkMRMLDiffusionTensorVolumeNode", "DTI")
+    with pytest.raises(InputError, match="'DTI' is not a scalar volume"):
+        exporter.exportVolumes([tensor], tmp_path / "inputs")
+
+
+def test_two_ignore_segments_in_one_case_are_refused(scene):
+    from SemiSupUncertaintyLib.SceneExporter import SceneExporter
+
+    volume = obliqueVolume(scene, "CT1", seed=1)
+    unlabeled = np.zeros_like(liverMask())
+    unlabeled[8:] = 1
+    seg = addSegmentation(scene, volume, "seg", {"Liver": liverMask(), "ignore": unlabeled, "Unlabeled region": unlabeled})
+    with pytest.raises(InputError, match="all mark unlabeled voxels"):
+        SceneExporter(scene).checkInputs([(volume, seg)])
