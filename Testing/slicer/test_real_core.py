@@ -161,3 +161,22 @@ def test_review_accept_continue_cycle_with_the_real_worker(realLogic, threeCases
     assert start["labeled_cases"] == 3 and start["unlabeled_cases"] == 1
     assert json.loads((child.runDir / "parent.json").read_text())["parent"] == str(parent.runDir.resolve())
     assert {p: p.stat().st_mtime_ns for p in (parent.runDir / "checkpoints").iterdir()} == parentFiles
+
+
+def test_rgb_volumes_with_an_ignore_segment_train_and_predict_with_the_real_worker(realLogic):
+    """RGB volumes + an "ignore" segment: 3 input channels, the ignore label declared; predicts on RGB."""
+    import yaml
+    from test_channel_inputs import _sparseVectorScene
+
+    from SemiSupUncertaintyLib import ExitStatus
+    from SemiSupUncertaintyLib.MRMLIO import sameGeometry
+
+    pairs, rgb3, _ = _sparseVectorScene(realLogic.scene)
+    trained = realLogic.train(pairs, [rgb3], method="cps", iterations=2, checkpointEvery=1, valEvery=1000, validationFraction=0.0, overrides=TINY_OVERRIDES, **TINY)
+    assert trained.status == ExitStatus.FINISHED
+    assert yaml.safe_load((trained.runDir / "config.yaml").read_text())["data"]["channels"] == 3
+    assert json.loads((trained.runDir / "dataset.json").read_text())["labels"]["ignore"] == 2
+    prediction = realLogic.predict(trained.runDir, [rgb3], device="cpu", show=False)
+    seg = prediction.segmentations[0]
+    assert seg.GetSegmentation().GetSegmentIdBySegmentName("Liver")
+    assert sameGeometry(prediction.uncertainties[0], rgb3)
