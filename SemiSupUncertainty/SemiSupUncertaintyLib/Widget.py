@@ -257,12 +257,16 @@ class Widget(qt.QWidget, VTKObservationMixin):
     def updateLists(self) -> None:
         pairs = self.params.labeledPairs()
         self._fillList(self.ui.labeledListWidget, [(f"{v.GetName()}  ←  {s.GetName()}", f"{v.GetID()};{s.GetID()}", None) for v, s in pairs])
-        candidates = SceneExporter(slicer.mrmlScene).defaultUnlabeledVolumes(pairs)
+        exporter = SceneExporter(slicer.mrmlScene)
+        candidates = exporter.defaultUnlabeledVolumes(pairs)
         chosen = {n.GetID() for n in self.params.unlabeledVolumes()}
         if not self.params.node.GetParameter("unlabeledChosen"):  # never chosen by the user: all
             chosen = {n.GetID() for n in candidates}
+        # RGB/vector volumes are listed too, for training on RGB cases, but never ticked by default
+        used = {v.GetID() for v, _ in pairs} | {v.GetID() for v in candidates}
+        candidates += [v for v in exporter.inputVolumes() if v.GetID() not in used]
         self._fillList(self.ui.unlabeledListWidget, [(v.GetName(), v.GetID(), v.GetID() in chosen) for v in candidates])
-        allVolumes = SceneExporter(slicer.mrmlScene).inputVolumes()  # RGB/vector too, chosen by hand
+        allVolumes = exporter.inputVolumes()  # RGB/vector too, chosen by hand
         toPredict = {n.GetID() for n in self.params.predictVolumes()}
         self._fillList(self.ui.predictVolumeListWidget, [(v.GetName(), v.GetID(), v.GetID() in toPredict) for v in allVolumes])
         self.updateClasses()
