@@ -96,7 +96,7 @@ def readVolume(scene, path: str | Path, name: str | None = None, labelmap: bool 
     if not path.is_file():
         raise FileNotFoundError(f"volume file not found: {path}")
     nodeClass = "vtkMRMLLabelMapVolumeNode" if labelmap else "vtkMRMLScalarVolumeNode"
-    node = scene.AddNewNodeByClass(nodeClass, name or _stem(path))
+    node = scene.AddNewNodeByClass(nodeClass, name or fileStem(path))
     storage = _temporaryStorage(scene, "vtkMRMLVolumeArchetypeStorageNode", path)
     # Exactly this file: without it a numbered name (ct_001.nrrd) loads the whole series
     # beside it, as slicer.util.loadVolume's "singleFile" property does
@@ -134,7 +134,7 @@ def readSegmentation(scene, path: str | Path, name: str | None = None):
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"segmentation file not found: {path}")
-    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or _stem(path))
+    node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", name or fileStem(path))
     storage = _temporaryStorage(scene, "vtkMRMLSegmentationStorageNode", path)
     if not storage.ReadData(node):
         scene.RemoveNode(storage)
@@ -161,7 +161,8 @@ def sameGeometry(a, b, tolerance: float = 1e-4) -> bool:
     return da == db and np.allclose(ijkToRas(a), ijkToRas(b), atol=tolerance)
 
 
-def _stem(path: Path) -> str:
+def fileStem(path: Path) -> str:
+    """The file name without its image extension (``ct.seg.nrrd`` -> ``ct``): the node or case name."""
     name = path.name
     for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
         if name.lower().endswith(suffix):

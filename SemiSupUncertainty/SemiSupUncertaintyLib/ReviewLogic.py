@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .LabelChange import LabelChange, labelChange
-from .MRMLIO import readVolume, sameGeometry, writeVolume
+from .MRMLIO import fileStem, readVolume, sameGeometry, temporaryNodes, writeVolume
 from .ReviewItem import ReviewItem
 from .SceneExporter import ROLE_ATTRIBUTE, InputError, _segmentNames
 
@@ -220,16 +220,14 @@ class ReviewLogic:
         scene = self.logic.scene
         if not item.labelPath.is_file():
             raise InputError(f"volume '{name}': its predicted label map {item.labelPath} is gone: predict again")
-        predictedNode = readVolume(scene, item.labelPath, name="__semisup_review_prediction__", labelmap=True)
-        try:
+        with temporaryNodes(scene):
+            predictedNode = readVolume(scene, item.labelPath, name="__semisup_review_prediction__", labelmap=True)
             if not sameGeometry(predictedNode, item.volume):
                 raise InputError(
                     f"volume '{name}' no longer matches its prediction {item.labelPath.name} (its dimensions, spacing, "
                     "origin or orientation changed since it was predicted): predict it again; nothing was written"
                 )
             predicted = np.array(_arrayFromVolume(predictedNode))
-        finally:
-            _removeNode(scene, predictedNode)
 
         folder = self.outputDir.parent / "accepted"
         folder.mkdir(parents=True, exist_ok=True)
@@ -242,11 +240,9 @@ class ReviewLogic:
                     f"volume '{name}': the accepted segmentation '{seg.GetName()}' is empty: there is nothing to learn from; "
                     "draw the structure, or leave this volume unaccepted (nothing was stored)"
                 )
-            acceptedNode = readVolume(scene, tmpLabel, name="__semisup_review_accepted__", labelmap=True)
-            try:
+            with temporaryNodes(scene):
+                acceptedNode = readVolume(scene, tmpLabel, name="__semisup_review_accepted__", labelmap=True)
                 accepted = np.array(_arrayFromVolume(acceptedNode))
-            finally:
-                _removeNode(scene, acceptedNode)
             labelPath = folder / f"{stem}_label.nrrd"
             imagePath = writeVolume(item.volume, folder / f"{stem}_image.nrrd")
             os.replace(tmpLabel, labelPath)
@@ -308,7 +304,7 @@ class ReviewLogic:
         unlabeled = [absolute(e) for e in dataset.get("unlabeled", [])]
 
         def caseOf(entry) -> str:
-            return _stem(Path(entry if isinstance(entry, str) else entry["image"]))
+            return fileStem(Path(entry if isinstance(entry, str) else entry["image"]))
 
         names = set(accepted)
         replaced = [caseOf(e) for e in training + validation if caseOf(e) in names]
@@ -368,22 +364,3 @@ def _arrayFromVolume(node):
     import slicer
 
     return slicer.util.arrayFromVolume(node)
-
-
-def _removeNode(scene, node) -> None:
-    for i in range(node.GetNumberOfDisplayNodes()):
-        display = node.GetNthDisplayNode(i)
-        if display is not None:
-            scene.RemoveNode(display)
-    storage = node.GetStorageNode()
-    if storage is not None:
-        scene.RemoveNode(storage)
-    scene.RemoveNode(node)
-
-
-def _stem(path: Path) -> str:
-    name = path.name
-    for suffix in (".seg.nrrd", ".nii.gz", ".nrrd", ".nii", ".mha", ".mhd", ".nhdr"):
-        if name.lower().endswith(suffix):
-            return name[: -len(suffix)]
-    return path.stem

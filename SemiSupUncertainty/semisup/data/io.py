@@ -240,7 +240,8 @@ def read_channels_geometry(paths: str | os.PathLike | Sequence[str | os.PathLike
     return geom, channels
 
 
-def _header(path: Path) -> tuple[Geometry, int]:
+def _header_reader(path: Path) -> sitk.ImageFileReader:
+    """A reader that has read ``path``'s header (no voxels), or the :class:`DataError` of :func:`read_image`."""
     if not path.is_file():
         raise DataError(f"{path}: file not found")
     reader = sitk.ImageFileReader()
@@ -249,6 +250,11 @@ def _header(path: Path) -> tuple[Geometry, int]:
         reader.ReadImageInformation()
     except RuntimeError as exc:
         raise DataError(f"{path}: cannot be read as an image ({_sitk_message(exc)})") from None
+    return reader
+
+
+def _header(path: Path) -> tuple[Geometry, int]:
+    reader = _header_reader(path)
     dim, comps = reader.GetDimension(), reader.GetNumberOfComponents()
     size, spacing, origin = reader.GetSize(), reader.GetSpacing(), reader.GetOrigin()
     direction = np.asarray(reader.GetDirection(), dtype=np.float64).reshape(dim, dim)
@@ -296,14 +302,7 @@ def read_geometry(path: str | os.PathLike) -> Geometry:
     Raises the same :class:`DataError` as :func:`read_image`.
     """
     path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    reader = sitk.ImageFileReader()
-    reader.SetFileName(str(path))
-    try:
-        reader.ReadImageInformation()
-    except RuntimeError as exc:
-        raise DataError(f"{path}: cannot be read as an image ({_sitk_message(exc)})") from None
+    reader = _header_reader(path)
     size = tuple(int(s) for s in reader.GetSize())
     _check_supported(path, reader.GetDimension(), reader.GetNumberOfComponents(), size)
     return Geometry(
