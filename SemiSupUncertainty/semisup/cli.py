@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--budget", type=int, default=16, help="labeled volumes after the last round")
     p.add_argument("--hold-out", type=int, default=0, metavar="N",
                    help="held-out set = the last N labeled cases of the list (added to any 'validation' list)")
+    p.add_argument("--pool-size", type=int, metavar="N",
+                   help="candidates = the first N labeled cases (file order, after --hold-out); default: all")
     p.add_argument("--from-scratch", action="store_true", help="train every round from scratch (default: warm start)")
     p.add_argument("--mc-samples", type=int, help="MC-dropout samples of the pool and held-out predictions")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="override, e.g. train.iterations=500")

@@ -108,7 +108,11 @@ def test_simulate_labelling_end_to_end(tmp_path):
     assert {t["strategy"] for t in doc["paired_tests"]} == {"uncertainty", "diverse"}
     assert (out / "labelling.png").stat().st_size > 5000
     # The uncertainty picks are the top-scored pool volumes of round 0.
-    scores = list(csv.DictReader((out / "seed0" / "uncertainty" / "round0_n1" / "pool" / "scores.csv").open()))
+    # Round 0 is trained once per seed and shared: one folder, one model, the same held-out Dice.
+    assert sorted(p.name for p in (out / "seed0").iterdir()) == ["diverse", "random", "round0_n1", "uncertainty"]
+    assert not list((out / "seed0").glob("*/round0_n1"))
+    assert len({by[(0, s, 0)]["dice"] for s in ("random", "uncertainty", "diverse")}) == 1
+    scores = list(csv.DictReader((out / "seed0" / "round0_n1" / "pool" / "scores.csv").open()))
     assert by[(0, "uncertainty", 0)]["picked_next"] == [r["case"] for r in scores[:2]] or any(
         int(r["foreground_voxels"]) == 0 for r in scores
     )
@@ -130,3 +134,16 @@ def test_new_verbs_have_help(verb, capsys):
     with pytest.raises(SystemExit) as stop:
         main([verb, "--help"])
     assert stop.value.code == 0 and f"usage: semisup {verb}" in capsys.readouterr().out
+
+
+def test_pool_size_keeps_the_first_candidates(tmp_path, capsys):
+    dataset = make_synthetic_dataset(tmp_path / "data", labeled=4, unlabeled=0, validation=1, test=0, shape=(16, 16, 16), seed=8)
+    config = _config(tmp_path, dataset)
+    code = main(["simulate-labelling", "--config", str(config), "--output", str(tmp_path / "o"), "--pool-size", "2",
+                 "--start", "1", "--step", "2", "--budget", "3", "--progress", "none"])
+    err = capsys.readouterr().err
+    assert code == 2 and "2 labeled candidate(s) (synth_000, synth_001)" in err
+    assert not (tmp_path / "o").exists()
+    code = main(["simulate-labelling", "--config", str(config), "--output", str(tmp_path / "o"), "--pool-size", "0",
+                 "--progress", "none"])
+    assert code == 2 and "--pool-size must be at least 1" in capsys.readouterr().err

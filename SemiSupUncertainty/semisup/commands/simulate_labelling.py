@@ -31,6 +31,7 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
         warm_start=not args.from_scratch,
         mc_samples=args.mc_samples,
         hold_out=args.hold_out,
+        pool_size=args.pool_size,
     )
     paths = simulate_labelling(cfg, args.output, plan, emit=emit, device=args.device)
     print(f"labelling curve: {paths['figure']}; table: {paths['csv']}; paired tests: {paths['json']}", file=sys.stderr)

@@ -9,7 +9,8 @@ seeded permutation are labeled; every strategy starts from these same volumes wi
 the same training seed, so the strategies are paired by seed.
 
 Each round writes its own folder ``<out>/seed<s>/<strategy>/round<r>_n<n>/``
-(dataset.json, run/, eval/, pool/); the results (:mod:`semisup.measure.labelling_curve`)
+(dataset.json, run/, eval/, pool/); round 0, the same for every strategy, is trained
+once per seed in ``<out>/seed<s>/round0_n<start>/``; the results (:mod:`semisup.measure.labelling_curve`)
 are rewritten after every round, so an interrupted loop keeps what it measured.
 """
 
@@ -52,6 +53,7 @@ class LabellingPlan:
     warm_start: bool = True
     mc_samples: int | None = None
     hold_out: int = 0  # move the last N labeled cases to the held-out set (DatasetSpec.hold_out_validation)
+    pool_size: int | None = None  # keep the first N candidates (file order): a smaller pool predicts faster
 
     def budgets(self) -> list[int]:
         return list(range(self.start, self.budget + 1, self.step))
@@ -69,6 +71,10 @@ class LabellingPlan:
         if not held:
             raise DataError(f"{source}: no held-out set: list labeled cases under 'validation' (or 'test' with labels)")
         pool = list(spec.training)
+        if self.pool_size is not None:
+            if self.pool_size < 1:
+                raise DataError(f"--pool-size must be at least 1, got {self.pool_size}")
+            pool = pool[: self.pool_size]
         needed = self.budgets()[-1]
         if needed > len(pool):
             names = ", ".join(c.name for c in pool)
@@ -126,18 +132,34 @@ def simulate_labelling(
     rows: list[dict[str, Any]] = []
     paths: dict[str, Path] = {}
     start_time = time.time()
+    budgets = plan.budgets()
+    # One preprocessing cache for every round (entries are keyed by file and data settings).
+    cache_dir = cfg.data.cache_dir or str((out / "cache").resolve())
+    scores_needed = len(budgets) > 1 and any(s != "random" for s in plan.strategies)
     for seed in plan.seeds:
         order = np.random.default_rng(seed).permutation(len(candidates))
         initial = [candidates[i] for i in order[: plan.start]]
+        # Round 0 has the same labeled volumes and training seed for every strategy: one model serves all.
+        first: dict[str, Any] | None = None
         for strategy in plan.strategies:
             rng = np.random.default_rng([seed, 1])  # random picks: the same draws on every rerun
             labeled = list(initial)
             pool = [candidates[i] for i in order[plan.start :]]
             previous: Path | None = None
-            for rnd, n in enumerate(plan.budgets()):
-                row = _round(cfg, spec, out, seed, strategy, rnd, labeled, pool, held, previous, plan, device, emit)
+            for rnd, n in enumerate(budgets):
+                if rnd == 0:
+                    if first is None:
+                        folder = out / f"seed{seed}" / f"round0_n{n}"
+                        first = _round(cfg, spec, folder, seed, rnd, labeled, pool, held, None, plan, device,
+                                       score_pool=scores_needed, cache_dir=cache_dir)
+                    row = {**first, "strategy": strategy, "picked_next": []}
+                else:
+                    folder = out / f"seed{seed}" / strategy / f"round{rnd}_n{n}"
+                    row = _round(cfg, spec, folder, seed, rnd, labeled, pool, held, previous, plan, device,
+                                 score_pool=strategy != "random" and rnd < len(budgets) - 1, cache_dir=cache_dir)
+                    row["strategy"] = strategy
                 previous = Path(row.pop("_checkpoint"))
-                last = rnd == len(plan.budgets()) - 1
+                last = rnd == len(budgets) - 1
                 if not last:
                     picked = _pick(strategy, row.pop("_pool_scores", None), pool, labeled, plan.step, rng, features)
                     row["picked_next"] = picked
@@ -151,13 +173,11 @@ def simulate_labelling(
     return paths
 
 
-def _round(cfg, spec, out, seed, strategy, rnd, labeled, pool, held, previous, plan, device, emit) -> dict[str, Any]:
-    folder = out / f"seed{seed}" / strategy / f"round{rnd}_n{len(labeled)}"
+def _round(cfg, spec, folder, seed, rnd, labeled, pool, held, previous, plan, device, *, score_pool, cache_dir) -> dict[str, Any]:
     dataset_json = _round_spec(spec, labeled, pool, held).to_json(folder / "dataset.json")
     rcfg = RunConfig.from_dict(cfg.to_dict(), source=str(folder))
     rcfg.data.dataset = str(dataset_json)
-    # One preprocessing cache for every round (entries are keyed by file and data settings).
-    rcfg.data.cache_dir = cfg.data.cache_dir or str((out / "cache").resolve())
+    rcfg.data.cache_dir = cache_dir
     rcfg.train.seed = cfg.train.seed + SEED_STRIDE * seed + rnd
     rcfg.train.init_from = str(previous) if (plan.warm_start and previous is not None) else None
     run_dir = folder / "run"  # the trainer writes its config.yaml there
@@ -171,7 +191,6 @@ def _round(cfg, spec, out, seed, strategy, rnd, labeled, pool, held, previous, p
     auroc = (summary.get("uncertainty", {}).get("auroc") or {}).get("mean")
     row: dict[str, Any] = {
         "seed": seed,
-        "strategy": strategy,
         "round": rnd,
         "n_labeled": len(labeled),
         "dice": summary["mean"]["dice"]["mean"],
@@ -183,7 +202,7 @@ def _round(cfg, spec, out, seed, strategy, rnd, labeled, pool, held, previous, p
         "train_seconds": round(result.seconds, 1),
         "_checkpoint": str(result.best_checkpoint),
     }
-    if strategy != "random" and pool and rnd < len(plan.budgets()) - 1:
+    if score_pool and pool:
         scored = predict_files(model, [c.image for c in pool], folder / "pool", mc_samples=mc)
         row["_pool_scores"] = {r["case"]: r for r in scored}
     return row
