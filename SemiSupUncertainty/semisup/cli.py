@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--classes", nargs="+", metavar="NAME", help="class names, background first (with --labels; default: the values found, which must be 0..K-1)")
     p.add_argument("--split", default="validation", choices=["training", "validation", "test"])
     p.add_argument("--output-dir", type=Path, help="where metrics.csv/json go (default: the predictions folder)")
+    p.add_argument("--worst", type=int, default=0, metavar="N",
+                   help="write worst/<rank>_<case>.png for the N cases of lowest Dice (needs --dataset)")
     p.add_argument("--margin-mm", type=float,
                    help="uncertainty scores look at the prediction/reference foreground dilated by this (mm; default 5)")
     progress_flag(p)

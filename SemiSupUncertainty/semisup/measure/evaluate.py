@@ -26,6 +26,7 @@ def evaluate_predictions(
     class_names: list[str] | None = None,
     margin_mm: float = DEFAULT_MARGIN_MM,
     uncertainty_map: str = "uncertainty",
+    worst: int = 0,
 ) -> dict[str, Any]:
     """Compare ``<case>_label.nrrd`` in ``predictions`` with the reference of every case.
 
@@ -40,12 +41,21 @@ def evaluate_predictions(
     (:mod:`semisup.measure.uncertainty_quality`) computed inside the foreground
     dilated by ``margin_mm``; the summary's ``ranking_spearman`` reads ``scores.csv``.
     Whatever is missing is ``None`` with its reason.
+
+    ``worst > 0`` (with ``dataset``, which names the images) writes
+    ``worst/<rank>_<case>.png`` for the ``worst`` cases of lowest mean Dice: the axial
+    slice with the most wrong voxels, prediction vs reference contours and the
+    uncertainty; the summary lists them under ``worst_cases``.
     """
     pred_dir = Path(predictions)
     ignore_label = None
+    images: dict[str, Path] = {}
+    if worst and dataset is None:
+        raise DataError("figures of the worst cases need the images: give a dataset.json")
     if dataset is not None:
         spec = DatasetSpec.from_json(dataset)
         cases = {c.name: c.label for c in getattr(spec, split) if c.label is not None}
+        images = {c.name: Path(c.image) for c in getattr(spec, split)}
         class_names = spec.class_names
         ignore_label = spec.ignore_label
         if not cases:
@@ -85,8 +95,46 @@ def evaluate_predictions(
         dice=[r["mean"]["dice"] for r in rows],
         scores_reason=why,
     )
-    write_results(rows, summary, Path(output_dir) if output_dir else pred_dir)
+    out_dir = Path(output_dir) if output_dir else pred_dir
+    if worst:
+        by_name = {name: (spacing, ref, pred) for name, spacing, ref, pred in loaded}
+        summary["worst_cases"] = _worst_figures(
+            rows, by_name, images, pred_dir, out_dir / "worst", worst, uncertainty_map, class_names, ignore_label
+        )
+    write_results(rows, summary, out_dir)
     return summary
+
+
+def _worst_figures(
+    rows, by_name, images, pred_dir: Path, folder: Path, count: int, kind: str, class_names, ignore_label,
+) -> list[dict[str, Any]]:
+    """Figures of the ``count`` cases of lowest mean Dice (failure analysis); their list."""
+    from .report import case_figure_png, worst_error_slice
+
+    folder.mkdir(parents=True, exist_ok=True)
+    ranked = sorted(rows, key=lambda r: (r["mean"]["dice"], r["case"]))[:count]
+    listed = []
+    for rank, row in enumerate(ranked, 1):
+        name = row["case"]
+        spacing, ref, pred = by_name[name]
+        image_img = read_image(images[name], vector=True)
+        if image_img.GetSize() != tuple(ref.shape):
+            raise DataError(f"{images[name]}: image grid {image_img.GetSize()} differs from its reference label {ref.shape}")
+        image = vector_image_to_array(image_img)[0]
+        u_path = pred_dir / f"{name}_{kind}.nrrd"
+        unc = vector_image_to_array(read_image(u_path, vector=True))[0] if u_path.exists() else np.zeros(ref.shape, np.float32)
+        shown_ref = np.where(ref == ignore_label, 0, ref) if ignore_label is not None else ref
+        z = worst_error_slice(pred, ref, ignore_label)
+        png, _ = case_figure_png({
+            "image": image, "label_pred": pred, "label_ref": shown_ref, "uncertainty": unc, "spacing": spacing,
+            "name": f"{name} (Dice {row['mean']['dice']:.2f})", "class_names": class_names, "axial_index": z,
+        })
+        path = folder / f"{rank:02d}_{name}.png"
+        tmp = path.with_suffix(".png.tmp")
+        tmp.write_bytes(png)
+        tmp.replace(path)
+        listed.append({"rank": rank, "case": name, "dice": row["mean"]["dice"], "axial_index": z, "figure": str(path)})
+    return listed
 
 
 def _label_files(folder: Path) -> dict[str, Path]:

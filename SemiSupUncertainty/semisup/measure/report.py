@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["write_report", "middle_foreground_slice", "uncertainty_ranking", "flatten_metrics", "UNCERTAINTY_KEYS"]
+__all__ = ["case_figure_png", "worst_error_slice", "write_report", "middle_foreground_slice", "uncertainty_ranking", "flatten_metrics", "UNCERTAINTY_KEYS"]
 
 # Keys of run_info listed first, in this order; the rest follow as given.
 _RUN_INFO_ORDER = ("method", "network", "iterations", "device", "time_s", "time")
@@ -222,7 +222,7 @@ def _render_figure(figure_case: Mapping[str, Any]) -> tuple[bytes, int]:
     if image.ndim != 3:
         raise ValueError(f"figure case {name}: image must be 3D (x, y, z), got shape {image.shape}")
 
-    z = middle_foreground_slice(pred, ref)
+    z = int(figure_case["axial_index"]) if figure_case.get("axial_index") is not None else middle_foreground_slice(pred, ref)
     # Transpose (x, y) -> (y, x) rows so that x runs horizontally; y grows downwards.
     img2 = image[:, :, z].T
     pred2 = pred[:, :, z].T
@@ -269,6 +269,26 @@ def _render_figure(figure_case: Mapping[str, Any]) -> tuple[bytes, int]:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue(), z
+
+
+def worst_error_slice(pred: np.ndarray, ref: np.ndarray, ignore_label: int | None = None) -> int:
+    """Axial (z) index with the most voxels where ``pred`` and ``ref`` disagree (ties: the lowest);
+    :func:`middle_foreground_slice` when they agree everywhere."""
+    wrong = np.asarray(pred) != np.asarray(ref)
+    if ignore_label is not None:
+        wrong &= np.asarray(ref) != ignore_label
+    per_slice = wrong.sum(axis=(0, 1))
+    if not per_slice.any():
+        return middle_foreground_slice(pred, ref)
+    return int(np.argmax(per_slice))
+
+
+def case_figure_png(figure_case: Mapping[str, Any]) -> tuple[bytes, int]:
+    """PNG of one case (image, prediction vs reference contours, uncertainty) and the axial index shown.
+
+    ``figure_case`` as for :func:`write_report`, plus an optional ``"axial_index"``.
+    """
+    return _render_figure(figure_case)
 
 
 def _render_uncertainty_figure(uncertainty: Mapping[str, Any]) -> bytes | None:
