@@ -102,3 +102,29 @@ def test_real_fingerprints(shared_data) -> None:
     assert plan_acdc.config.data.spatial_dims == 2 and plan_acdc.config.network.name == "unet2d"
     assert plan_acdc.config.data.patch_size == [96, 96] and plan_acdc.config.data.target_spacing == [2.0, 2.0, 1.0]
     assert yaml.safe_load(plan_yaml(plan_acdc, fp_acdc))["data"]["spatial_dims"] == 2
+
+
+def test_fingerprint_leaves_out_ignored_voxels_and_reads_rgb(tmp_path) -> None:
+    import numpy as np
+    import SimpleITK as sitk
+
+    # 4 x 4 x 2 voxels of 1 mm: z = 0 labeled (4 organ voxels of intensity 100), z = 1 all 'ignore' (2).
+    lab = np.zeros((2, 4, 4), np.uint8)  # (z, y, x)
+    lab[0, :2, :2] = 1
+    lab[1] = 2
+    rgb = np.zeros((2, 4, 4, 3), np.float32)
+    rgb[..., 0] = 5.0
+    rgb[0, :2, :2, 0] = 100.0
+    rgb[1, ..., 0] = 1000.0  # intensities of ignored voxels must not reach the foreground statistics
+    img = sitk.GetImageFromArray(rgb, isVector=True)
+    sitk.WriteImage(img, str(tmp_path / "a.nrrd"))
+    sitk.WriteImage(sitk.GetImageFromArray(lab), str(tmp_path / "a_seg.nrrd"))
+    (tmp_path / "dataset.json").write_text(json.dumps({
+        "labels": {"background": 0, "organ": 1, "ignore": 2},
+        "training": [{"image": "a.nrrd", "label": "a_seg.nrrd"}],
+    }))
+    fp = dataset_fingerprint(tmp_path / "dataset.json", device="cpu")
+    assert fp.classes == ["background", "organ"]
+    organ = fp.class_sizes["organ"]
+    assert organ["median_voxels"] == 4 and organ["median_fraction"] == pytest.approx(4 / 16)  # of the 16 labeled voxels
+    assert fp.intensity_foreground["p0.5"] == pytest.approx(100.0) and fp.intensity_foreground["p99.5"] == pytest.approx(100.0)

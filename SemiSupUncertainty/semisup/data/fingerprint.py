@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from .dataset import DatasetSpec
-from .io import image_to_array, read_geometry, read_image
+from .io import channels_to_array, image_to_array, read_channels, read_channels_geometry, read_image
 
 __all__ = ["Fingerprint", "dataset_fingerprint", "device_memory_gib"]
 
@@ -53,7 +53,7 @@ class Fingerprint:
     anisotropy: float
     intensity_foreground: dict[str, float]
     intensity_image: dict[str, float]
-    #: per foreground class: median voxels, median volume (ml), share of the image.
+    #: per foreground class: median voxels, median volume (ml), share of the labeled (not ignored) voxels.
     class_sizes: dict[str, dict[str, float]]
     cases_read: int
     device: str
@@ -125,7 +125,7 @@ def dataset_fingerprint(dataset: str | os.PathLike, max_cases: int = DEFAULT_MAX
 
     raw_modality = json.loads(path.read_text()).get("modality")
     cases = spec.training + spec.validation + spec.unlabeled + spec.test
-    geoms = [read_geometry(c.image) for c in cases]
+    geoms = [read_channels_geometry(c.files)[0] for c in cases]
     spacing = np.array([g.spacing for g in geoms], dtype=np.float64)
     size = np.array([g.size for g in geoms], dtype=np.int64)
     median_spacing = np.median(spacing, axis=0)
@@ -135,18 +135,21 @@ def dataset_fingerprint(dataset: str | os.PathLike, max_cases: int = DEFAULT_MAX
     sizes: dict[int, list[tuple[int, float, float]]] = {c: [] for c in range(1, spec.num_classes)}
     rng = np.random.default_rng(0)
     for case in _spread(labeled, max_cases):
-        img = read_image(case.image)
-        arr = image_to_array(img).astype(np.float32)
+        img = read_channels(case.files)
+        # Multi-component (RGB/vector) images: the first channel stands for the intensities.
+        arr = channels_to_array(img)[0].astype(np.float32)
         lab = image_to_array(read_image(case.label))
         voxel_ml = float(np.prod(img.GetSpacing())) / 1000.0
-        fg = arr[lab > 0]
+        # Voxels of the dataset's 'ignore' value (sparse labels) are neither foreground nor counted in shares.
+        known = lab != spec.ignore_label if spec.ignore_label is not None else np.ones(lab.shape, bool)
+        fg = arr[(lab > 0) & known]
         # A sample per case keeps the pooled percentiles cheap and every case's weight alike.
         fg_values.append(rng.choice(fg, min(fg.size, 10_000), replace=False) if fg.size else fg)
         flat = arr.ravel()
         img_values.append(rng.choice(flat, min(flat.size, 10_000), replace=False))
         for c in sizes:
             n = int((lab == c).sum())
-            sizes[c].append((n, n * voxel_ml, n / lab.size))
+            sizes[c].append((n, n * voxel_ml, n / max(int(known.sum()), 1)))
     fg_stats = _stats(np.concatenate(fg_values)) if fg_values else {}
     class_sizes = {
         spec.class_names[c]: {
