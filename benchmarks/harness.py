@@ -65,8 +65,15 @@ def write_run_config(run: Path, setting: dict[str, Any], dataset: Path, cache: P
 
 
 def progress_events(progress: Path) -> list[dict[str, Any]]:
-    """The events of a JSON-lines progress stream (docs/worker-protocol.md)."""
-    return [json.loads(line) for line in Path(progress).read_text().splitlines() if line.strip()]
+    """The events of a JSON-lines progress stream (docs/worker-protocol.md), as their records.
+
+    Read with the protocol's own parser: the truncated last line of a killed run, a stray
+    print or an unknown event is skipped, never an exception.
+    """
+    from semisup.protocol import parse_line
+
+    events = (parse_line(line) for line in Path(progress).read_text().splitlines())
+    return [e.raw for e in events if e is not None]
 
 
 def iteration_rates(events: list[dict[str, Any]]) -> list[float]:

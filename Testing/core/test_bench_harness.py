@@ -83,3 +83,16 @@ def test_pooled_folds_pairs_cases_across_folds(load_script):
     table = harness.pooled_table(results, "cases").splitlines()
     assert table[-1].startswith("| uamt | 3 | 73.33 | 70.0 | 60.0 |") and "2/3, +13.33" in table[-1]
     assert harness.pooled_table({"single-split": results["single-split"]}) == ""
+
+
+def test_progress_events_skip_a_killed_runs_truncated_line(harness, tmp_path):
+    stream = tmp_path / "progress.jsonl"
+    stream.write_text(
+        '{"event": "start", "time": 1.0, "iterations": 4}\n'
+        "a stray print\n"
+        '{"event": "iteration", "time": 2.0, "iteration": 1, "iterations": 4, "loss": 0.5, "it_per_s": 2.0}\n'
+        '{"event": "iteration", "time": 3.0, "itera'  # killed mid-write
+    )
+    events = harness.progress_events(stream)
+    assert [e["event"] for e in events] == ["start", "iteration"]
+    assert harness.iteration_rates(events) == [2.0]
