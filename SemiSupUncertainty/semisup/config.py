@@ -128,6 +128,9 @@ class DataConfig:
     foreground_oversample: float = 0.0
     # Paper augmentation (UA-MT): random 90-degree rotation in the axial plane and flips.
     augment: bool = True
+    # Brightness, contrast and gamma jitter of the image (nnU-Net's defaults, data/loaders.py): for
+    # cases whose structure is darker or brighter than in the labeled set (LA2018 failure analysis).
+    intensity_augment: bool = False
     cache_dir: str | None = None
     num_workers: int = 0
 

@@ -132,3 +132,30 @@ def test_validation_cases_are_whole_volumes(tmp_path):
     assert cases[0]["label"].shape == (1, 10, 9, 12) and cases[0]["label"].dtype == np.uint8
     assert cases[0]["spacing"] == (2.0, 2.0, 2.0)
     assert torch.as_tensor(cases[0]["image"]).shape == (1, 10, 9, 12)
+
+
+def test_intensity_augmentation_changes_the_image_only_and_is_seeded():
+    from monai.transforms import RandAdjustContrastd, RandScaleIntensityd, RandScaleIntensityFixedMeand
+
+    from semisup.config import DataConfig
+    from semisup.data import loaders
+
+    off = build_train_transform(DataConfig(patch_size=[8, 8, 4]), labeled=True)
+    assert not [t for t in off.transforms if isinstance(t, (RandScaleIntensityd, RandAdjustContrastd))]
+    cfg = DataConfig(patch_size=[8, 8, 4], intensity_augment=True, augment=False)
+    on = build_train_transform(cfg, labeled=True)
+    kinds = [type(t) for t in on.transforms]
+    assert kinds.count(RandScaleIntensityd) == kinds.count(RandScaleIntensityFixedMeand) == kinds.count(RandAdjustContrastd) == 1
+    gamma = next(t for t in on.transforms if isinstance(t, RandAdjustContrastd))
+    assert gamma.adjuster.gamma == loaders.GAMMA_RANGE and gamma.prob == loaders.GAMMA_PROB  # nnU-Net's constants
+    rng = np.random.default_rng(1)
+    item = {"image": rng.normal(size=(1, 8, 8, 4)).astype(np.float32), "label": (rng.uniform(size=(1, 8, 8, 4)) > 0.5).astype(np.uint8)}
+    outs = []
+    for seed in (3, 3, 4):
+        on.set_random_state(seed)
+        outs.append([on({k: v.copy() for k, v in item.items()}) for _ in range(20)])
+    changed = [not np.allclose(o["image"].numpy(), item["image"]) for o in outs[0]]
+    assert any(changed) and not all(changed)  # each transform fires with its probability only
+    assert all(np.array_equal(o["label"].numpy(), item["label"]) for o in outs[0])  # labels untouched
+    assert all(torch.equal(a["image"], b["image"]) for a, b in zip(outs[0], outs[1]))  # same seed, same draws
+    assert not all(torch.equal(a["image"], b["image"]) for a, b in zip(outs[0], outs[2]))

@@ -17,6 +17,11 @@ map-style dataset of cached cases (:mod:`semisup.data.cache`):
   x and y (MONAI ``RandRotate90d``, ``RandFlipd``), i.e. each of the 8 symmetries of
   the square with probability 1/8. (UA-MT's code always flips along exactly one
   axis, so it only ever produces the 4 mirror images, never the identity.)
+- Intensity augmentation (``data.intensity_augment``, off by default): nnU-Net's
+  default brightness (x U(0.75, 1.25), p 0.15), contrast (about the mean,
+  x U(0.75, 1.25), p 0.15) and gamma (U(0.7, 1.5) on the range-normalised image,
+  p 0.3) jitter of the image (MONAI ``RandScaleIntensityd``,
+  ``RandScaleIntensityFixedMeand``, ``RandAdjustContrastd``), after the spatial ones.
 
 Batches: ``"image"`` float32 ``(B, 1, *patch)``, ``"label"`` int64 ``(B, 1, *patch)``
 (labeled stream), ``"name"`` list of case names, and ``"slice"`` (z index, 2D only).
@@ -45,8 +50,11 @@ from monai.transforms import (
     EnsureTyped,
     MapTransform,
     Randomizable,
+    RandAdjustContrastd,
     RandFlipd,
     RandRotate90d,
+    RandScaleIntensityd,
+    RandScaleIntensityFixedMeand,
     RandSpatialCropd,
     SpatialPadd,
 )
@@ -121,6 +129,15 @@ class RandForegroundCropd(Randomizable, MapTransform):
         return d
 
 
+# nnU-Net v2 default augmentation (Isensee et al., Nature Methods 2021, supplement):
+#: multiplicative brightness: image x U(1 - 0.25, 1 + 0.25) with probability 0.15.
+BRIGHTNESS_FACTOR, BRIGHTNESS_PROB = 0.25, 0.15
+#: contrast: (image - mean) x U(0.75, 1.25) + mean, clipped to the patch's range, probability 0.15.
+CONTRAST_FACTOR, CONTRAST_PROB = 0.25, 0.15
+#: gamma on the range-normalised image, gamma ~ U(0.7, 1.5), mean and std kept, probability 0.3.
+GAMMA_RANGE, GAMMA_PROB = (0.7, 1.5), 0.3
+
+
 def build_train_transform(cfg: DataConfig, labeled: bool) -> Compose:
     """Crop -> pad -> (rotate, flip) -> tensors, for one item ``{"image", "label"?}``."""
     keys = ["image", "label"] if labeled else ["image"]
@@ -145,6 +162,12 @@ def build_train_transform(cfg: DataConfig, labeled: bool) -> Compose:
         ]
     if square:
         transforms.append(CenterSpatialCropd(keys, roi_size=patch))
+    if cfg.intensity_augment:
+        transforms += [
+            RandScaleIntensityd("image", factors=BRIGHTNESS_FACTOR, prob=BRIGHTNESS_PROB),
+            RandScaleIntensityFixedMeand("image", factors=CONTRAST_FACTOR, prob=CONTRAST_PROB, preserve_range=True),
+            RandAdjustContrastd("image", gamma=GAMMA_RANGE, prob=GAMMA_PROB, retain_stats=True),
+        ]
     transforms.append(EnsureTyped("image", data_type="tensor", dtype=torch.float32, track_meta=False))
     if labeled:
         transforms.append(EnsureTyped("label", data_type="tensor", dtype=torch.int64, track_meta=False))
