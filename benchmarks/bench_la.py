@@ -104,7 +104,10 @@ METHOD_TRAIN = {"ucmt": {"optimizer": "adamw", "lr": 1e-4, "lr_schedule": "const
 VARIANTS = {"ucmt_sgd": Variant("ucmt", params={"ema_alpha": 0.99}, train={}),
             # The effect of bf16 autocast on a CPU with native bf16 (train.amp_cpu), same seed.
             "uamt_fp32": Variant("uamt", train={"amp_cpu": False}),
-            "uamt_bf16": Variant("uamt", train={"amp_cpu": True})}
+            "uamt_bf16": Variant("uamt", train={"amp_cpu": True}),
+            # Issue 14 failure analysis: a report case whose atrium is much darker than in training.
+            "supervised_intensity": Variant("supervised", data={"intensity_augment": True}),
+            "uamt_intensity": Variant("uamt", data={"intensity_augment": True})}
 
 
 def sparse_label(source: Path, every: int, target: Path) -> float:
@@ -206,7 +209,8 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
     params = {**params, **v.resolve_params(base_train["iterations"])}
     train = {**base_train, **v.train_overrides(METHOD_TRAIN), "seed": seed}
     # Cross-validation: the largest-component decision of the fold's validation cases.
-    run_setting = {**setting, "inference": {**setting["inference"], **({"largest_component": "auto"} if report else {})}}
+    run_setting = {**setting, "data": {**setting["data"], **v.data},
+                   "inference": {**setting["inference"], **({"largest_component": "auto"} if report else {})}}
     write_run_config(run, run_setting, dataset, cache, name, params, train)
     env = child_env(threads)
     with open(run / "stdout.jsonl", "w") as stdout:

@@ -101,12 +101,14 @@ class Variant:
     """A registered method with one thing changed, to explain a benchmark row.
 
     ``params`` values are constants or functions of the iteration budget; ``train``,
-    when given, replaces the script's per-method train overrides (``METHOD_TRAIN``).
+    when given, replaces the script's per-method train overrides (``METHOD_TRAIN``);
+    ``data`` is merged into the setting's data section.
     """
 
     method: str
     params: dict[str, Any] = field(default_factory=dict)
     train: dict[str, Any] | None = None
+    data: dict[str, Any] = field(default_factory=dict)
 
     def resolve_params(self, iterations: int) -> dict[str, Any]:
         return {k: v(iterations) if callable(v) else v for k, v in self.params.items()}

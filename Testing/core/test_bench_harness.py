@@ -17,6 +17,19 @@ def test_variant_resolves_budget_functions_and_train_overrides(harness):
     assert harness.variant("ucmt", {}).train_overrides(method_train) == {"optimizer": "adamw"}
     assert harness.Variant("ucmt", train={}).train_overrides(method_train) == {}
     assert harness.variant("ucmt_x", {"ucmt_x": harness.Variant("ucmt")}).method == "ucmt"
+    assert harness.Variant("ucmt").data == {}
+
+
+def test_bench_la_intensity_variant_writes_a_loadable_config(load_script, harness, tmp_path):
+    from semisup.config import load_config
+
+    bench = load_script("bench_la")
+    v = bench.VARIANTS["supervised_intensity"]
+    setting = bench.SETTINGS["cpu"]
+    harness.write_run_config(tmp_path, {**setting, "data": {**setting["data"], **v.data}}, tmp_path / "d.json",
+                             tmp_path / "cache", v.method, {}, {"iterations": 10})
+    cfg = load_config(tmp_path / "config.yaml")
+    assert cfg.data.intensity_augment is True and cfg.method.name == "supervised"
 
 
 def test_child_env_sets_threads_and_library_path(harness):
