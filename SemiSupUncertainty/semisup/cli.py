@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="simulated labelling loop: train, predict the pool, pick k by a strategy, reveal labels, repeat",
         description="The dataset's labeled 'training' cases are the pool (labels hidden until picked); its "
         "'validation' cases (else labeled 'test' cases) are the fixed held-out set. Writes labelling.csv, "
-        "labelling.json (curve, paired tests per budget) and labelling.png under --output.",
+        "labelling.json (curve, paired tests per budget), labelling.md (the same as a table) and labelling.png under --output.",
     )
     p.add_argument("--config", required=True, type=Path, help="YAML config of every round's training")
     p.add_argument("--dataset", type=Path, help="dataset.json (default: the config's data.dataset)")

@@ -13,7 +13,7 @@ from semisup.cli import main
 from semisup.config import DataConfig, InferenceConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig, save_config
 from semisup.data.synthetic import make_synthetic_dataset
 from semisup.inference.selection import intensity_histogram, select_next
-from semisup.measure.labelling_curve import curve_summary, paired_tests
+from semisup.measure.labelling_curve import curve_summary, markdown_table, paired_tests
 
 
 SCORES = {
@@ -61,12 +61,17 @@ def test_curve_and_paired_tests_hand_computed():
         rows.append({"seed": seed, "strategy": "uncertainty", "n_labeled": 4, "dice": u, "case_dice": {"x": u, "y": u - 0.05}})
     curve = {(c["strategy"], c["n_labeled"]): c for c in curve_summary(rows)}
     assert curve[("random", 4)]["dice_mean"] == pytest.approx(0.48333333)
+    assert curve[("random", 4)]["worst_case"] == pytest.approx(0.30)  # case y of seed 2: 0.40 - 0.1
+    assert curve[("uncertainty", 4)]["worst_case"] == pytest.approx(0.44)
     (test,) = paired_tests(rows)
     assert test["mean_difference"] == pytest.approx((0.10 + 0.03 + 0.09) / 3) and test["wins"] == 3
     from scipy import stats
 
     assert test["t_test_p"] == pytest.approx(stats.ttest_rel([0.60, 0.58, 0.49], [0.50, 0.55, 0.40]).pvalue)
     assert test["wilcoxon_p"] is not None and test["case_pairs"] == 6
+    table = markdown_table(list(curve.values()), [test]).splitlines()
+    assert table[2].startswith("| 4 | random | 3 | 48.33 ± ") and table[2].endswith("| 30.0 | - |")  # baseline first
+    assert table[3].startswith("| 4 | uncertainty | 3 | 55.67 ± ") and "| 44.0 | +7.33, 3/0, " in table[3]
     single = paired_tests([r for r in rows if r["seed"] == 0])
     assert single[0]["t_test_p"] is None and "one seed" in single[0]["reasons"]["t_test_p"]
 
@@ -107,6 +112,7 @@ def test_simulate_labelling_end_to_end(tmp_path):
             assert not set(r1["labeled"]) & set(doc["settings"]["held_out"])
     assert {t["strategy"] for t in doc["paired_tests"]} == {"uncertainty", "diverse"}
     assert (out / "labelling.png").stat().st_size > 5000
+    assert (out / "labelling.md").read_text().count("\n") == 2 + 3 * 2  # header + strategies x budgets
     # The uncertainty picks are the top-scored pool volumes of round 0.
     # Round 0 is trained once per seed and shared: one folder, one model, the same held-out Dice.
     assert sorted(p.name for p in (out / "seed0").iterdir()) == ["diverse", "random", "round0_n1", "uncertainty"]

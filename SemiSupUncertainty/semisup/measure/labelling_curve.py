@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 from scipy import stats
 
-__all__ = ["CSV_FIELDS", "curve_summary", "paired_tests", "write_labelling_results", "BASELINE"]
+__all__ = ["CSV_FIELDS", "curve_summary", "markdown_table", "paired_tests", "write_labelling_results", "BASELINE"]
 
 BASELINE = "random"
 CSV_FIELDS = (
@@ -37,18 +37,46 @@ CSV_FIELDS = (
 
 
 def curve_summary(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-    """Mean, standard deviation (ddof=0), min and max over seeds of the held-out Dice per (strategy, n_labeled)."""
-    groups: dict[tuple[str, int], list[float]] = {}
+    """Per (strategy, n_labeled): mean, standard deviation (ddof=0), min and max over seeds of the
+    held-out Dice, and ``worst_case``, the lowest Dice of one held-out case over every seed
+    (``None`` when the rows carry no per-case Dice)."""
+    groups: dict[tuple[str, int], list[Mapping[str, Any]]] = {}
     for r in rows:
-        groups.setdefault((r["strategy"], int(r["n_labeled"])), []).append(float(r["dice"]))
+        groups.setdefault((r["strategy"], int(r["n_labeled"])), []).append(r)
     out = []
-    for (strategy, n), vals in sorted(groups.items()):
-        arr = np.asarray(vals)
+    for (strategy, n), members in sorted(groups.items()):
+        arr = np.asarray([float(r["dice"]) for r in members])
+        cases = [float(v) for r in members for v in (r.get("case_dice") or {}).values()]
         out.append({
             "strategy": strategy, "n_labeled": n, "seeds": int(arr.size), "dice_mean": float(arr.mean()),
             "dice_std": float(arr.std(ddof=0)), "dice_min": float(arr.min()), "dice_max": float(arr.max()),
+            "worst_case": min(cases) if cases else None,
         })
     return out
+
+
+def markdown_table(curve: Sequence[Mapping[str, Any]], tests: Sequence[Mapping[str, Any]]) -> str:
+    """The curve and the paired tests against the baseline as one Markdown table (``labelling.md``)."""
+    by_test = {(t["strategy"], int(t["n_labeled"])): t for t in tests}
+
+    def p(value: Any) -> str:
+        return "-" if value is None else f"{value:.3g}"
+
+    lines = [
+        "| labeled | strategy | seeds | held-out Dice, mean ± std over seeds | min / max over seeds | worst case | "
+        f"vs {BASELINE}: mean diff, wins/losses, t-test p, Wilcoxon p |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for c in sorted(curve, key=lambda c: (int(c["n_labeled"]), c["strategy"] != BASELINE, c["strategy"])):
+        t = by_test.get((c["strategy"], int(c["n_labeled"])))
+        vs = (f"{t['mean_difference'] * 100:+.2f}, {t['wins']}/{t['losses']}, {p(t['t_test_p'])}, {p(t['wilcoxon_p'])}"
+              if t else "-")
+        worst = "-" if c.get("worst_case") is None else f"{c['worst_case'] * 100:.1f}"
+        lines.append(
+            f"| {c['n_labeled']} | {c['strategy']} | {c['seeds']} | {c['dice_mean'] * 100:.2f} ± {c['dice_std'] * 100:.2f} | "
+            f"{c['dice_min'] * 100:.1f} / {c['dice_max'] * 100:.1f} | {worst} | {vs} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def paired_tests(rows: Sequence[Mapping[str, Any]], baseline: str = BASELINE) -> list[dict[str, Any]]:
@@ -123,7 +151,8 @@ def _render(summary: Sequence[Mapping[str, Any]], title: str) -> bytes:
 
 
 def write_labelling_results(rows: Sequence[Mapping[str, Any]], out_dir: str | Path, settings: Mapping[str, Any]) -> dict[str, Path]:
-    """Write ``labelling.csv``, ``labelling.json`` (rows, curve, paired tests, settings) and ``labelling.png``."""
+    """Write ``labelling.csv``, ``labelling.json`` (rows, curve, paired tests, settings), ``labelling.md``
+    (:func:`markdown_table`) and ``labelling.png``."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     buf = io.StringIO()
@@ -131,10 +160,13 @@ def write_labelling_results(rows: Sequence[Mapping[str, Any]], out_dir: str | Pa
     writer.writeheader()
     for r in rows:
         writer.writerow({**r, "picked_next": " ".join(r.get("picked_next", [])), "labeled": " ".join(r.get("labeled", []))})
-    paths = {"csv": out / "labelling.csv", "json": out / "labelling.json", "figure": out / "labelling.png"}
+    paths = {"csv": out / "labelling.csv", "json": out / "labelling.json", "figure": out / "labelling.png",
+             "markdown": out / "labelling.md"}
     _atomic(paths["csv"], buf.getvalue().encode())
     summary = curve_summary(rows)
-    doc = {"settings": dict(settings), "curve": summary, "paired_tests": paired_tests(rows), "rows": list(rows)}
+    tests = paired_tests(rows)
+    doc = {"settings": dict(settings), "curve": summary, "paired_tests": tests, "rows": list(rows)}
+    _atomic(paths["markdown"], markdown_table(summary, tests).encode())
 
     def clean(v: Any) -> Any:
         if isinstance(v, float) and not math.isfinite(v):
