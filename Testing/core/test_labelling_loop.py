@@ -13,7 +13,7 @@ from semisup.cli import main
 from semisup.config import DataConfig, InferenceConfig, MethodConfig, NetworkConfig, RunConfig, TrainConfig, save_config
 from semisup.data.synthetic import make_synthetic_dataset
 from semisup.inference.selection import intensity_histogram, select_next
-from semisup.measure.labelling_curve import curve_summary, markdown_table, paired_tests
+from semisup.measure.labelling_curve import curve_summary, markdown_table, paired_tests, write_labelling_results
 
 
 SCORES = {
@@ -153,3 +153,27 @@ def test_pool_size_keeps_the_first_candidates(tmp_path, capsys):
     code = main(["simulate-labelling", "--config", str(config), "--output", str(tmp_path / "o"), "--pool-size", "0",
                  "--progress", "none"])
     assert code == 2 and "--pool-size must be at least 1" in capsys.readouterr().err
+
+
+def test_merge_of_loops_run_as_separate_processes(load_script, tmp_path):
+    merge = load_script("labelling/merge")
+
+    def loop(folder, seeds, **changed):
+        rows = [{"seed": s, "strategy": st, "round": 0, "n_labeled": 4, "dice": 0.5 + 0.01 * s + (0.02 if st == "uncertainty" else 0),
+                 "case_dice": {"a": 0.5, "b": 0.4 + 0.01 * s}} for s in seeds for st in ("random", "uncertainty")]
+        settings = {"dataset": "d.json", "budgets": [4], "seeds": seeds, "seconds": 10.0, **changed}
+        write_labelling_results(rows, folder, settings)
+        return folder
+
+    a, b = loop(tmp_path / "a", [0, 1]), loop(tmp_path / "b", [2])
+    paths = merge.merge([a, b], tmp_path / "all")
+    doc = json.loads(paths["json"].read_text())
+    assert doc["settings"]["seeds"] == [0, 1, 2] and doc["settings"]["seconds"] == 20.0
+    (test,) = doc["paired_tests"]
+    assert test["seeds"] == 3 and test["wins"] == 3 and test["t_test_p"] is None  # identical differences
+    assert "| 4 | uncertainty | 3 |" in paths["markdown"].read_text()
+    with pytest.raises(SystemExit, match="seed 2 is in both"):
+        merge.merge([b, loop(tmp_path / "c", [2])], tmp_path / "x")
+    with pytest.raises(SystemExit, match="settings differ .* in dataset"):
+        merge.merge([a, loop(tmp_path / "d", [3], dataset="other.json")], tmp_path / "y")
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
