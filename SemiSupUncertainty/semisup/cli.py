@@ -98,6 +98,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--folds", type=int, default=2, help="cross-fitting folds when the run has no validation cases")
     p.add_argument("--fold-iterations", type=int, help="training iterations per cross-fitting model (default: the run's)")
     p.add_argument("--margin-mm", type=float, help="fit on the foreground dilated by this (mm; default 5, as evaluate)")
+    p.add_argument("--dataset", type=Path,
+                   help="fit on this dataset.json's 'validation' cases (default: the run's dataset)")
     p.add_argument("--max-voxels", type=int, help="voxels per case at most (default 200000)")
     p.add_argument("--mc-samples", type=int, help="MC-dropout draws per case (default: the run's, as predict uses)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1")

@@ -110,6 +110,17 @@ def test_calibrate_on_validation_and_predict_applies_it(trained, tmp_path):
     (run / "calibration.json").write_text(json.dumps(stored))
 
 
+def test_calibrate_on_another_datasets_validation_cases(tmp_path):
+    dataset = make_synthetic_dataset(tmp_path / "data", labeled=2, unlabeled=0, validation=0, test=0, shape=(32, 32, 16), seed=6, difficulty=0.2)
+    run = tmp_path / "run"
+    Trainer(_cfg(dataset, iterations=4), run).fit()
+    held = make_synthetic_dataset(tmp_path / "held", labeled=1, unlabeled=0, validation=2, test=0, shape=(32, 32, 16), seed=9, difficulty=0.2)
+    doc = calibrate_run(run, dataset=held, max_voxels_per_case=5_000)
+    assert doc["fitted_on"] == "validation" and doc["fold_runs"] == []
+    assert doc["cases"] == [c.name for c in DatasetSpec.from_json(held).validation] and doc["dataset"] == str(held.resolve())
+    assert not (run / "calibration").exists()  # no cross-fitting models were trained
+
+
 def test_cross_fitting_without_validation(tmp_path):
     dataset = make_synthetic_dataset(tmp_path / "data", labeled=2, unlabeled=0, validation=0, test=0, shape=(32, 32, 16), seed=6, difficulty=0.2)
     run = tmp_path / "run"

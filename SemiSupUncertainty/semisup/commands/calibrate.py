@@ -23,6 +23,7 @@ def run(args: argparse.Namespace, emit: Emitter) -> int:
         max_voxels_per_case=args.max_voxels or MAX_VOXELS_PER_CASE,
         device=args.device,
         mc_samples=args.mc_samples,
+        dataset=args.dataset,
         emit=emit,
     )
     print(

@@ -86,6 +86,7 @@ def calibrate_run(
     max_voxels_per_case: int = MAX_VOXELS_PER_CASE,
     device: str = "auto",
     mc_samples: int | None = None,
+    dataset: str | Path | None = None,
     emit: Callable[..., None] | None = None,
 ) -> dict[str, Any]:
     """Fit the temperature of ``run_dir``'s model and write ``run_dir/calibration.json``.
@@ -96,6 +97,9 @@ def calibrate_run(
         Cross-fitting groups when the run has no validation cases (>= 2).
     fold_iterations:
         Training iterations of each cross-fitting model (default: the run's).
+    dataset:
+        A ``dataset.json`` whose ``validation`` cases to fit on instead of the run's own
+        dataset (a labeled set kept apart from training); the run's otherwise.
     margin_mm, max_voxels_per_case:
         Which voxels are fitted on (module docstring).
     mc_samples:
@@ -113,6 +117,8 @@ def calibrate_run(
     ckpt = resolve_checkpoint(run_dir)
     model = load_trained(ckpt, device, calibration=False)
     cfg = model.cfg
+    if dataset is not None:
+        cfg.data.dataset = str(Path(dataset).resolve())
     if not cfg.data.dataset:
         raise DataError(f"{run_dir}: the run's config names no dataset to calibrate on")
     spec = DatasetSpec.from_json(cfg.data.dataset)
@@ -145,6 +151,7 @@ def calibrate_run(
         "checkpoint": ckpt.name,
         "checkpoint_iteration": model.iteration,
         "fitted_on": fitted_on,
+        "dataset": cfg.data.dataset,
         "cases": cases,
         "fold_runs": fold_runs,
         "region": f"prediction or reference foreground dilated by {margin_mm:g} mm",
