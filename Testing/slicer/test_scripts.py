@@ -115,8 +115,11 @@ def test_ctrl_c_cancels_and_exits_with_3(files, tmp_path):
     import time
 
     env = {**os.environ, "SEMISUP_STANDIN_DELAY": "0.05"}
+    # A shell's background job (`cmd &`) inherits SIGINT ignored, and Python then installs no
+    # KeyboardInterrupt handler: give the script the default disposition a terminal gives it.
     proc = subprocess.Popen([sys.executable, str(SCRIPTS / "slicer_train.py"), "--", "--labeled", *files["labeled"][0], "--run-dir", str(tmp_path / "run"), "--iterations", "100000", *STANDIN],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     progress = tmp_path / "run" / "progress.jsonl"
     deadline = time.monotonic() + 60
     while not (progress.exists() and '"iteration"' in progress.read_text()) and time.monotonic() < deadline:
