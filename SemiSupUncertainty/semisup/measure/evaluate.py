@@ -109,7 +109,7 @@ def _worst_figures(
     rows, by_name, images, pred_dir: Path, folder: Path, count: int, kind: str, class_names, ignore_label,
 ) -> list[dict[str, Any]]:
     """Figures of the ``count`` cases of lowest mean Dice (failure analysis); their list."""
-    from .report import case_figure_png, worst_error_slice
+    from .report import atomic_write_bytes, case_figure_png, worst_error_slice
 
     folder.mkdir(parents=True, exist_ok=True)
     ranked = sorted(rows, key=lambda r: (r["mean"]["dice"], r["case"]))[:count]
@@ -130,9 +130,7 @@ def _worst_figures(
             "name": f"{name} (Dice {row['mean']['dice']:.2f})", "class_names": class_names, "axial_index": z,
         })
         path = folder / f"{rank:02d}_{name}.png"
-        tmp = path.with_suffix(".png.tmp")
-        tmp.write_bytes(png)
-        tmp.replace(path)
+        atomic_write_bytes(path, png)
         listed.append({"rank": rank, "case": name, "dice": row["mean"]["dice"], "axial_index": z, "figure": str(path)})
     return listed
 

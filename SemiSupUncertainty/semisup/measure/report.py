@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["case_figure_png", "worst_error_slice", "write_report", "middle_foreground_slice", "uncertainty_ranking", "flatten_metrics", "UNCERTAINTY_KEYS"]
+__all__ = ["atomic_write_bytes", "case_figure_png", "worst_error_slice", "write_report", "middle_foreground_slice", "uncertainty_ranking", "flatten_metrics", "UNCERTAINTY_KEYS"]
 
 # Keys of run_info listed first, in this order; the rest follow as given.
 _RUN_INFO_ORDER = ("method", "network", "iterations", "device", "time_s", "time")
@@ -43,7 +43,8 @@ _UNCERTAINTY_COLUMNS = ("auroc", "ece", "ueo", "filtered_dice_auc")
 _CLASS_COLOURS = ("#ff3b30", "#34c759", "#0a84ff", "#ffcc00", "#af52de", "#5ac8fa")
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a temporary file: a reader never sees half a file."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         tmp.write_bytes(data)
@@ -520,15 +521,15 @@ def write_report(
     name = str(figure_case.get("name", "case"))
 
     png, z = _render_figure(figure_case)
-    _atomic_write_bytes(paths["figure"], png)
+    atomic_write_bytes(paths["figure"], png)
     keys = (uncertainty_key,) if isinstance(uncertainty_key, str) else tuple(uncertainty_key)
     unc = metrics_summary.get("uncertainty")
     unc_png = _render_uncertainty_figure(unc) if isinstance(unc, Mapping) else None
     if unc_png is not None:
         paths["uncertainty_figure"] = out / "report_uncertainty.png"
-        _atomic_write_bytes(paths["uncertainty_figure"], unc_png)
+        atomic_write_bytes(paths["uncertainty_figure"], unc_png)
     md = _markdown(run_info, metrics_summary, per_case, ranking, name, z, keys, unc_png is not None)
-    _atomic_write_bytes(paths["markdown"], md.encode("utf-8"))
+    atomic_write_bytes(paths["markdown"], md.encode("utf-8"))
     payload = {
         "run_info": run_info,
         "metrics_summary": metrics_summary,
@@ -537,5 +538,5 @@ def write_report(
         "figure": {"case": name, "axial_index": z, "file": paths["figure"].name},
     }
     text = json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n"
-    _atomic_write_bytes(paths["json"], text.encode("utf-8"))
+    atomic_write_bytes(paths["json"], text.encode("utf-8"))
     return paths
