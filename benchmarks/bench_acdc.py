@@ -79,6 +79,7 @@ from harness import (
     progress_events,
     read_results,
     train_in_subprocess,
+    training_switches,
     variant,
     write_run_config,
 )
@@ -323,6 +324,7 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
         "wall_minutes": wall_s / 60,
         "predict_seconds_per_case": predict_s / len(images),
         "peak_rss_mib": peak_rss_mib,
+        "training_switches": training_switches(run),
         "threads": threads,
         "attempts": sum(1 for e in events if e["event"] == "start"),
         "method_params": params,

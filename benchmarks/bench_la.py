@@ -59,6 +59,7 @@ from harness import (
     progress_events,
     read_results,
     train_in_subprocess,
+    training_switches,
     variant,
     write_run_config,
 )
@@ -240,6 +241,7 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
         "train_minutes": train_s / 60,
         "predict_seconds_per_case": predict_s / len(images),
         "peak_rss_mib": peak_rss_mib,
+        "training_switches": training_switches(run),
     }
 
 

@@ -183,12 +183,32 @@ def read_results(path: Path) -> dict[str, Any]:
 def merge_result(path: Path, key: str, value: Any) -> dict[str, Any]:
     """Add one result to a sweep's results file and return the whole file.
 
-    Re-reads before writing: other invocations (other seeds or methods) may share it.
+    Re-reads before writing under an exclusive lock on ``<path>.lock``: benchmark
+    processes running side by side (other folds, seeds or methods) share the file, and
+    an unlocked read-modify-write could drop the result of the one that wrote first.
     """
-    results = read_results(path)
-    results[key] = value
-    write_json(path, results)
+    import fcntl
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path.with_name(path.name + ".lock"), "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        results = read_results(path)
+        results[key] = value
+        write_json(path, results)
     return results
+
+
+def training_switches(run: Path) -> str | None:
+    """What ``train.channels_last`` / ``train.amp_cpu`` resolved to in a run, from its
+    ``train.log`` (``None`` where the log has no such line). Recorded with each result:
+    the same config trains in bf16 on a CPU with native bf16 and in fp32 elsewhere."""
+    log = Path(run) / "train.log"
+    if not log.exists():
+        return None
+    marker = "training switches: "
+    lines = [line.split(marker, 1)[1].strip() for line in log.read_text(errors="replace").splitlines() if marker in line]
+    return lines[-1] if lines else None
 
 
 # ----------------------------------------------------------------------------- cross-validation

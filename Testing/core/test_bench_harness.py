@@ -46,6 +46,46 @@ def test_merge_result_keeps_what_another_sweep_wrote(harness, tmp_path):
     assert not list(tmp_path.glob(".*.tmp"))
 
 
+def _merge_many(harness, path, worker: int, count: int) -> None:
+    for i in range(count):
+        harness.merge_result(path, f"w{worker}-{i}", i)
+
+
+def test_merge_result_keeps_every_result_of_processes_writing_at_once(harness, tmp_path):
+    # Two benchmark processes share one results.json; a read-modify-write without the lock
+    # lets one process overwrite what the other had just added.
+    import multiprocessing
+
+    path = tmp_path / "results.json"
+    ctx = multiprocessing.get_context("fork")
+    workers = [ctx.Process(target=_merge_many, args=(harness, path, w, 25)) for w in range(4)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join(60)
+        assert w.exitcode == 0
+    assert len(harness.read_results(path)) == 100
+
+
+def test_training_switches_are_read_from_a_real_runs_train_log(harness, tmp_path):
+    from semisup.data.synthetic import make_synthetic_dataset
+
+    dataset = make_synthetic_dataset(tmp_path / "data", labeled=2, unlabeled=1, validation=1, test=0,
+                                     shape=(32, 32, 16), seed=5, difficulty=0.1)
+    run = tmp_path / "run"
+    run.mkdir()
+    setting = {"data": {"modality": "MR", "spatial_dims": 3, "patch_size": [32, 32, 16]},
+               "network": {"name": "vnet", "base_filters": 4, "dropout": False}, "inference": {"mc_samples": 1}}
+    harness.write_run_config(run, setting, dataset, tmp_path / "cache", "supervised", {},
+                             {"iterations": 2, "val_every": 2, "checkpoint_every": 2, "log_every": 1,
+                              "labeled_batch": 2, "amp_cpu": False, "channels_last": False})
+    with open(run / "stdout.jsonl", "w") as out:
+        harness.train_in_subprocess(run, harness.child_env(1), out)
+    switches = harness.training_switches(run)
+    assert switches is not None and "channels_last False, bf16 autocast False" in switches
+    assert harness.training_switches(tmp_path) is None
+
+
 def test_kfold_is_deterministic_disjoint_covering_and_keeps_groups(load_script):
     harness = load_script("harness")
     items = [f"p{i // 2:02d}_f{i % 2}" for i in range(22)]  # 11 patients x 2 frames
