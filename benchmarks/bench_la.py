@@ -106,6 +106,8 @@ VARIANTS = {"ucmt_sgd": Variant("ucmt", params={"ema_alpha": 0.99}, train={}),
             # The effect of bf16 autocast on a CPU with native bf16 (train.amp_cpu), same seed.
             "uamt_fp32": Variant("uamt", train={"amp_cpu": False}),
             "uamt_bf16": Variant("uamt", train={"amp_cpu": True}),
+            # Issue 14: the same recipe and seed on a CPU with and without native bf16 ("auto").
+            "supervised_fp32": Variant("supervised", train={"amp_cpu": False}),
             # Issue 14 failure analysis: a report case whose atrium is much darker than in training.
             "supervised_intensity": Variant("supervised", data={"intensity_augment": True}),
             "uamt_intensity": Variant("uamt", data={"intensity_augment": True})}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -117,6 +118,7 @@ def trainMain(argv: Sequence[str] | None = None) -> int:
     """``slicer_train.py``: train (or ``--resume``) from image and segmentation files; returns the exit code."""
     from .Parameters import TrainingSettings
     from .SceneExporter import InputError
+    from .WorkerProcess import WorkerError
 
     parser = argparse.ArgumentParser(prog="slicer_train.py", description="Train a SemiSupUncertainty model from files.")
     parser.add_argument("--labeled", nargs=2, action="append", default=[], metavar=("IMAGE", "SEGMENTATION"), help="a labeled case (repeat); SEGMENTATION: .seg.nrrd or a label map")
@@ -124,11 +126,14 @@ def trainMain(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--run-dir", required=True, help="run folder (created; with --resume: the run to continue)")
     parser.add_argument("--resume", action="store_true", help="continue the run in --run-dir from its last checkpoint")
     parser.add_argument("--classes", nargs="+", help="class names of label-map segmentations (label 1, 2, ...)")
-    parser.add_argument("--method", default="uamt")
-    parser.add_argument("--network", default="vnet")
-    parser.add_argument("--iterations", type=int, default=2000)
-    parser.add_argument("--patch-size", type=int, nargs="+", help="x y z (default: the largest multiple of 16 that fits)")
-    parser.add_argument("--modality", default="MR", choices=["MR", "CT", "mr", "ct"])
+    parser.add_argument("--plan", action="store_true", help="plan the settings from the cases first (semisup plan: "
+                        "run-dir/plan.yaml, the run's config base); the options below, where given, override it")
+    parser.add_argument("--budget-minutes", type=float, help="with --plan: training time to plan for")
+    parser.add_argument("--method", help="default: uamt (with --plan: the plan's)")
+    parser.add_argument("--network", help="default: vnet (with --plan: the plan's)")
+    parser.add_argument("--iterations", type=int, help="default: 2000 (with --plan: the plan's)")
+    parser.add_argument("--patch-size", type=int, nargs="+", help="x y z (default: the largest multiple of 16 that fits; with --plan: the plan's)")
+    parser.add_argument("--modality", choices=["MR", "CT", "mr", "ct"], help="default: MR (with --plan: the plan's)")
     parser.add_argument("--validation-fraction", type=float, default=0.2)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config setting, e.g. train.lr=0.005")
@@ -143,17 +148,30 @@ def trainMain(argv: Sequence[str] | None = None) -> int:
         else:
             pairs = [loadLabeledCase(mrmlScene, image, labels, options.classes) for image, labels in options.labeled]
             unlabeled = [readVolume(mrmlScene, path) for path in options.unlabeled]
-            settings = TrainingSettings(
-                method=options.method,
-                network=options.network,
-                iterations=options.iterations,
-                patchSize=options.patch_size,
-                spatialDims=2 if options.network == "unet2d" else 3,
-                modality=options.modality.upper(),
-                validationFraction=options.validation_fraction,
-                device=options.device,
-            )
-            job = logic.train(pairs, unlabeled, options.run_dir, settings=settings, classNames=options.classes, overrides=overrides, wait=False, onEvent=progressPrinter())
+            planned = None
+            if options.plan:
+                print("Planning from the cases (semisup plan)...")
+                try:
+                    planned = logic.plan(pairs, unlabeled, options.run_dir, classNames=options.classes, budgetMinutes=options.budget_minutes,
+                                         device=options.device, validationFraction=options.validation_fraction, logProgress=False)
+                except WorkerError as exc:  # the planning process failed or was cancelled: its own words
+                    print(f"error: {exc}", file=sys.stderr)
+                    return EXIT_CODES.get(exc.status, EXIT_ERROR)
+                print(f"Plan: {planned.planPath}")
+            given = {
+                "method": options.method,
+                "network": options.network,
+                "iterations": options.iterations,
+                "patchSize": options.patch_size,
+                "modality": options.modality.upper() if options.modality else None,
+            }
+            given = {k: v for k, v in given.items() if v is not None}
+            if "network" in given:
+                given["spatialDims"] = 2 if given["network"] == "unet2d" else 3
+            settings = dataclasses.replace(planned.settings if planned else TrainingSettings(), **given,
+                                           validationFraction=options.validation_fraction, device=options.device)
+            job = logic.train(pairs, unlabeled, options.run_dir, settings=settings, classNames=options.classes, overrides=overrides,
+                              plan=planned, wait=False, onEvent=progressPrinter())
     except (InputError, FileNotFoundError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -25,6 +25,7 @@ from typing import Any, Callable, Sequence
 
 from .DeviceInfo import DeviceInfo, queryDeviceInfo
 from .Parameters import TrainingSettings
+from .PlanJob import PlanJob, PlanResult, readPlan
 from .Paths import coreLibraryParent, ensureCoreLibraryOnPath
 from .PredictionJob import PredictionJob, PredictionResult
 from .ProgressChart import ProgressChart
@@ -204,6 +205,7 @@ class SemiSupUncertaintyLogic:
         settings: TrainingSettings | None = None,
         classNames: Sequence[str] | None = None,
         overrides: dict[str, Any] | None = None,
+        plan: PlanResult | str | Path | None = None,
         wait: bool = True,
         onEvent: Callable[[Event], None] | None = None,
         chart: bool = False,
@@ -224,6 +226,10 @@ class SemiSupUncertaintyLogic:
             :class:`TrainingSettings`, or its fields by name (``iterations=500, method="uamt"``).
         overrides:
             Any other ``RunConfig`` key, dotted: ``{"method.params.ema_decay": 0.99}``.
+        plan:
+            A :meth:`plan` result (or its ``plan.yaml``): the base of the run's config, so the
+            planned spacing, foreground sampling, schedule and inference settings are used;
+            ``settings`` (default: the plan's own) and ``overrides`` are applied on top.
         wait:
             True: block until done and return a :class:`TrainingResult` (raises
             :class:`WorkerError` on failure or cancel). False: return the running
@@ -231,6 +237,14 @@ class SemiSupUncertaintyLogic:
         chart:
             Also show the loss/Dice curves in plot nodes (``job.chart.chartNode``).
         """
+        planPath = Path(plan.planPath if isinstance(plan, PlanResult) else plan) if plan else None
+        if planPath is not None and not planPath.is_file():
+            raise InputError(f"the plan {planPath} does not exist: plan again ('Plan from data')")
+        if settings is None and planPath is not None:
+            try:
+                settings = readPlan(planPath)[1]
+            except (OSError, ValueError) as exc:
+                raise InputError(f"the plan {planPath} cannot be read: {exc}") from None
         settings = dataclasses.replace(settings or TrainingSettings(), **settingFields)
         problem = settings.validationError()
         if problem:
@@ -244,9 +258,56 @@ class SemiSupUncertaintyLogic:
         dataset = self.exporter.export(runDir, labeledPairs, unlabeled, classNames, validationFraction=settings.validationFraction)
         for warning in dataset.warnings:
             log.warning(warning)
-        config = self.writeConfig(runDir, {**settings.configOverrides(dataset.shapes), **(overrides or {})})
+        # The plan's data.dataset names the cases it was made from; this run reads its own export.
+        fromPlan = {"data.dataset": str(dataset.datasetPath)} if planPath is not None else {}
+        config = self.writeConfig(runDir, {**settings.configOverrides(dataset.shapes), **fromPlan, **(overrides or {})}, base=planPath)
         args = ["train", "--config", config, "--run-dir", runDir, "--progress", "json"]
         return self._runTraining(runDir, args, ProgressTracker(), wait, onEvent, chart, logProgress)
+
+    def plan(
+        self,
+        labeledPairs: Sequence[tuple],
+        unlabeledVolumes: Sequence | None = None,
+        runDir: str | Path | None = None,
+        *,
+        classNames: Sequence[str] | None = None,
+        budgetMinutes: float | None = None,
+        device: str = "auto",
+        validationFraction: float | None = None,
+        wait: bool = True,
+        onEvent: Callable[[Event], None] | None = None,
+        logProgress: bool | None = None,
+    ) -> PlanResult | PlanJob:
+        """Settings planned from the selected cases (``semisup plan`` in a background process).
+
+        The cases are exported to ``runDir`` (default: a new ``*-plan`` folder of
+        ``runsDirectory``) and fingerprinted (spacing, size, intensities, class sizes,
+        case counts, device memory); the rules of ``docs/benchmarks.md`` ("Planning
+        rules") turn that into ``runDir/plan.yaml``. Returns a :class:`PlanResult` whose
+        ``settings`` fill the panel; pass it as ``train(..., plan=result)``.
+
+        Parameters
+        ----------
+        budgetMinutes:
+            Training time to plan for (default: the core library's, 30 on a CPU, the paper budget on a GPU).
+        device:
+            ``auto`` (the worker's machine), ``cpu`` or ``cuda``.
+        """
+        labeledPairs = [tuple(p) for p in labeledPairs]
+        unlabeled = self.defaultUnlabeledVolumes(labeledPairs) if unlabeledVolumes is None else _asList(unlabeledVolumes)
+        self.checkInputs(labeledPairs, unlabeled, classNames)
+        if budgetMinutes is not None and not budgetMinutes > 0:
+            raise InputError(f"the training budget must be a positive number of minutes, got {budgetMinutes}")
+        runDir = Path(runDir) if runDir else self.newRunDir("plan")
+        fraction = TrainingSettings().validationFraction if validationFraction is None else validationFraction
+        dataset = self.exporter.export(runDir, labeledPairs, unlabeled, classNames, validationFraction=fraction)
+        planPath = runDir / "plan.yaml"
+        args = ["plan", dataset.datasetPath, "--output", planPath, "--device", device]
+        if budgetMinutes is not None:
+            args += ["--budget-minutes", float(budgetMinutes)]
+        job = PlanJob(self._worker(args, logPath=runDir / "slicer-worker.log"), runDir, planPath, onEvent=onEvent,
+                      logProgress=wait if logProgress is None else logProgress)
+        return self._startJob(job, wait)
 
     def resume(
         self,

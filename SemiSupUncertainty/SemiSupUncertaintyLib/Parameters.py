@@ -65,6 +65,32 @@ class TrainingSettings:
             return "the modality must be MR or CT"
         return ""
 
+    @classmethod
+    def fromConfig(cls, config: dict[str, Any]) -> "TrainingSettings":
+        """The settings a run configuration (``RunConfig.to_dict()``, e.g. a ``semisup plan``
+        YAML) sets; what it lacks keeps the default. The validation fraction is not a
+        config key (the export decides it) and stays the default."""
+        data, network, train = (config.get(k) or {} for k in ("data", "network", "train"))
+        method = config.get("method") or {}
+        defaults = cls()
+        patch = data.get("patch_size")
+        lr = train.get("lr")
+        return cls(
+            method=str(method.get("name", defaults.method)),
+            network=str(network.get("name", defaults.network)),
+            iterations=int(train.get("iterations", defaults.iterations)),
+            patchSize=[int(v) for v in patch] if patch else None,
+            spatialDims=int(data.get("spatial_dims", defaults.spatialDims)),
+            labeledBatch=int(train.get("labeled_batch", defaults.labeledBatch)),
+            unlabeledBatch=int(train.get("unlabeled_batch", defaults.unlabeledBatch)),
+            baseFilters=int(network.get("base_filters", defaults.baseFilters)),
+            modality=str(data.get("modality", defaults.modality)).upper(),
+            device=str(train.get("device", defaults.device)),
+            valEvery=int(train.get("val_every", defaults.valEvery)),
+            checkpointEvery=int(train.get("checkpoint_every", defaults.checkpointEvery)),
+            learningRate=float(lr) if lr else None,
+        )
+
     def configOverrides(self, shapes: Sequence[Sequence[int]] = ()) -> dict[str, Any]:
         """Dotted ``RunConfig`` keys for these settings; ``shapes`` (x, y, z) size the automatic patch."""
         patch = list(self.patchSize) if self.patchSize else autoPatchSize(shapes, self.spatialDims)
@@ -103,6 +129,7 @@ class GuiState:
     runName: str = ""
     currentRunDir: str = ""  # the run trained last (resume, predict)
     predictRunDir: str = ""
+    planPath: str = ""  # the plan.yaml of the last "Plan from data": the base of the next training's config
 
 
 #: Node reference roles (one reference per selected node, in order).

@@ -10,7 +10,7 @@ __all__ = ["JobProtocol", "LogicProtocol", "InstallLogicProtocol"]
 
 @runtime_checkable
 class JobProtocol(Protocol):
-    """A running training or prediction (:class:`TrainingJob`, :class:`PredictionJob`)."""
+    """A running plan, training or prediction (:class:`PlanJob`, :class:`TrainingJob`, :class:`PredictionJob`)."""
 
     tracker: Any  # ProgressTracker
     status: Any  # ExitStatus
@@ -42,6 +42,8 @@ class LogicProtocol(Protocol):
     def defaultUnlabeledVolumes(self, labeledPairs: Sequence[tuple]) -> list: ...
 
     def checkInputs(self, labeledPairs: Sequence[tuple], unlabeledVolumes: Sequence = (), classNames: Sequence[str] | None = None) -> list[str]: ...
+
+    def plan(self, labeledPairs: Sequence[tuple], unlabeledVolumes: Sequence | None = None, runDir: str | Path | None = None, **kwargs: Any) -> Any: ...
 
     def train(self, labeledPairs: Sequence[tuple], unlabeledVolumes: Sequence | None = None, runDir: str | Path | None = None, **kwargs: Any) -> Any: ...
 

@@ -9,6 +9,7 @@ the worker trains. The logic and the install logic are passed in (see
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from pathlib import Path
 
@@ -19,7 +20,7 @@ from slicer.util import VTKObservationMixin
 from .DeviceInfo import queryDeviceInfoAsync
 from .InstallLogic import InstallError, InstallLogic
 from .Logic import SemiSupUncertaintyLogic
-from .Parameters import GuiState, ParameterNode, PredictionSettings, TrainingSettings
+from .Parameters import GuiState, ParameterNode, PredictionSettings
 from .Paths import resourcePath
 from .Protocols import InstallLogicProtocol, LogicProtocol
 from .ReviewSection import ReviewSection
@@ -63,6 +64,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         self.logic = logic or SemiSupUncertaintyLogic()
         self.installLogic = installLogic or InstallLogic()
         self.trainJob = None
+        self.planJob = None
         self.predictJob = None
         self._updating = False
         self._deviceInfo = None
@@ -105,6 +107,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         ui.selectNoUnlabeledButton.clicked.connect(lambda: self._checkAll(ui.unlabeledListWidget, False))
         ui.unlabeledListWidget.itemChanged.connect(lambda item: self._unlabeledChosen())
         ui.predictVolumeListWidget.itemChanged.connect(lambda item: self.updateParametersFromGui())
+        ui.planButton.clicked.connect(self.onPlan)
         ui.trainButton.clicked.connect(self.onTrain)
         ui.resumeButton.clicked.connect(self.onResume)
         ui.cancelButton.clicked.connect(self.onCancelTraining)
@@ -184,7 +187,11 @@ class Widget(qt.QWidget, VTKObservationMixin):
 
     def guiState(self) -> GuiState:
         ui = self.ui
-        training = TrainingSettings(
+        old = self.params.loadState()
+        # Fields the panel does not show (base filters, intervals, learning rate: a plan's or the
+        # console's) keep their saved values.
+        training = dataclasses.replace(
+            old.training,
             method=ui.methodComboBox.currentText.strip(),
             network=ui.networkComboBox.currentText,
             iterations=int(ui.iterationsSpinBox.value),
@@ -199,7 +206,6 @@ class Widget(qt.QWidget, VTKObservationMixin):
             training.patchSize = _parsePatch(ui.patchSizeLineEdit.text)
         except InputError:
             training.patchSize = None
-        old = self.params.loadState()
         return GuiState(
             training=training,
             prediction=PredictionSettings(mcSamples=int(ui.mcSamplesSpinBox.value), device=training.device),
@@ -207,6 +213,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
             runName=ui.runNameLineEdit.text.strip(),
             currentRunDir=old.currentRunDir,
             predictRunDir=self._selectedRun() or old.predictRunDir,
+            planPath=old.planPath,
         )
 
     def updateParametersFromGui(self) -> None:
@@ -290,6 +297,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         if not pairs:
             slicer.util.warningDisplay("No segmentation references a volume. Create segmentations in Segment Editor on the volumes to label, or add pairs one by one.", windowTitle="SemiSupUncertainty")
         self.params.setLabeledPairs(pairs)
+        self._forgetPlan()
         self.updateLists()
         self.updateParametersFromGui()
 
@@ -299,6 +307,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
             return
         pairs = [p for p in self.params.labeledPairs() if p[0].GetID() != volume.GetID()]
         self.params.setLabeledPairs(pairs + [(volume, seg)])
+        self._forgetPlan()
         self.updateLists()
         self.updateParametersFromGui()
 
@@ -306,6 +315,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
         selected = {item.data(_ID_ROLE) for item in self.ui.labeledListWidget.selectedItems()}
         pairs = [p for p in self.params.labeledPairs() if f"{p[0].GetID()};{p[1].GetID()}" not in selected]
         self.params.setLabeledPairs(pairs)
+        self._forgetPlan()
         self.updateLists()
         self.updateParametersFromGui()
 
@@ -382,6 +392,7 @@ class Widget(qt.QWidget, VTKObservationMixin):
                     runDir,
                     settings=state.training,
                     overrides=overrides,
+                    plan=state.planPath or None,
                     wait=False,
                     chart=True,
                 )
@@ -389,6 +400,46 @@ class Widget(qt.QWidget, VTKObservationMixin):
             slicer.util.errorDisplay(str(exc), windowTitle="SemiSupUncertainty: cannot start training")
             return
         self._startedTraining(runDir)
+
+    def onPlan(self) -> None:
+        """Fill the panel from the selected cases (``semisup plan`` in the worker); Train then uses the plan."""
+        self.updateParametersFromGui()
+        state = self.guiState()
+        try:
+            if not self._ensureReady():
+                return
+            with slicer.util.WaitCursor():
+                self.planJob = self.logic.plan(
+                    self.params.labeledPairs(),
+                    self._checkedNodes(self.ui.unlabeledListWidget),
+                    device=state.training.device,
+                    validationFraction=state.training.validationFraction,
+                    wait=False,
+                )
+        except InputError as exc:
+            slicer.util.errorDisplay(str(exc), windowTitle="SemiSupUncertainty: cannot plan")
+            return
+        self._setLabel(self.ui.trainStatusLabel, "Planning from the selected cases (spacing, sizes, intensities, class sizes)...", "")
+        self.timer.start()
+        self.updateButtons()
+
+    def _applyPlan(self, result) -> None:
+        state = self.params.loadState()
+        state.training = dataclasses.replace(result.settings, validationFraction=state.training.validationFraction)
+        state.planPath = str(result.planPath)
+        self.params.saveState(state)
+        self.updateGuiFromParameters()
+        t = result.settings
+        patch = " x ".join(str(v) for v in t.patchSize) if t.patchSize else "automatic"
+        self._setLabel(self.ui.trainStatusLabel, f"Planned: {t.method}, {t.iterations} iterations, {t.network} ({t.baseFilters} filters), patch {patch}. "
+                       f"Edit any value before Train; the reasons are in {result.planPath}", "ok")
+
+    def _forgetPlan(self) -> None:
+        """The labeled cases changed: the plan was made for others."""
+        state = self.params.loadState()
+        if state.planPath:
+            state.planPath = ""
+            self.params.saveState(state)
 
     def onResume(self) -> None:
         runDir = self._selectedRun()
@@ -492,7 +543,8 @@ class Widget(qt.QWidget, VTKObservationMixin):
     def onTimer(self) -> None:
         if self._deviceInfo is not None:
             self._showDeviceInfo()
-        for job, bar, status in ((self.trainJob, self.ui.trainProgressBar, self.ui.trainStatusLabel), (self.predictJob, self.ui.predictProgressBar, self.ui.predictStatusLabel)):
+        jobs = ((self.planJob, self.ui.trainProgressBar, self.ui.trainStatusLabel), (self.trainJob, self.ui.trainProgressBar, self.ui.trainStatusLabel), (self.predictJob, self.ui.predictProgressBar, self.ui.predictStatusLabel))
+        for job, bar, status in jobs:
             if job is None or id(job) in self._reportedJobs:
                 continue
             try:
@@ -509,14 +561,16 @@ class Widget(qt.QWidget, VTKObservationMixin):
             if job.finished:
                 self._reportedJobs.add(id(job))
                 self._finished(job, status)
-        running = any(j is not None and id(j) not in self._reportedJobs for j in (self.trainJob, self.predictJob))
+        running = any(j is not None and id(j) not in self._reportedJobs for j in (self.planJob, self.trainJob, self.predictJob))
         if not running and not self._devicePending:
             self.timer.stop()
         self.updateButtons()
 
     def _finished(self, job, statusLabel) -> None:
         if job.status == ExitStatus.FINISHED:
-            if job is self.trainJob:
+            if job is self.planJob:
+                self._applyPlan(job.result)
+            elif job is self.trainJob:
                 self._setLabel(statusLabel, job.tracker.status_text() + f"\nRun folder: {job.runDir}", "ok")
                 self.updateRunList(select=str(job.runDir))
             else:
@@ -555,7 +609,9 @@ class Widget(qt.QWidget, VTKObservationMixin):
         training = self.trainJob is not None and self.trainJob.isRunning()
         predicting = self.predictJob is not None and self.predictJob.isRunning()
         info = self._runInfo
-        ui.trainButton.enabled = not training and bool(self.params.labeledPairs())
+        planning = self.planJob is not None and self.planJob.isRunning()
+        ui.trainButton.enabled = not training and not planning and bool(self.params.labeledPairs())
+        ui.planButton.enabled = not training and not planning and bool(self.params.labeledPairs())
         ui.resumeButton.enabled = not training and info is not None and info.can_resume
         ui.cancelButton.enabled = training
         ui.predictButton.enabled = not predicting and info is not None and info.can_predict and bool(self._checkedNodes(ui.predictVolumeListWidget))

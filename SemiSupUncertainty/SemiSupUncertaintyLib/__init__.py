@@ -13,6 +13,7 @@ ensureCoreLibraryOnPath()  # the core library (semisup) ships beside this packag
 from .InstallLogic import InstallError, InstallLogic
 from .Logic import SemiSupUncertaintyLogic
 from .Parameters import GuiState, ParameterNode, PredictionSettings, TrainingSettings
+from .PlanJob import PlanJob, PlanResult
 from .PredictionJob import PredictionJob, PredictionResult
 from .LabelChange import LabelChange
 from .ReviewItem import ReviewItem
@@ -42,6 +43,8 @@ __all__ = [
     "ExitStatus",
     "TrainingJob",
     "TrainingResult",
+    "PlanJob",
+    "PlanResult",
     "PredictionJob",
     "PredictionResult",
     "ProgressTracker",

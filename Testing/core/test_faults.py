@@ -380,6 +380,15 @@ def test_out_of_range_settings_are_refused(tmp_path, key, value):
         load_config(path, {key: value})
 
 
+def test_a_batch_norm_with_one_value_per_channel_is_refused_naming_patch_and_batch(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data: {dataset: d.json, spatial_dims: 2, patch_size: [16, 16]}\nnetwork: {name: unet2d}\n")
+    with pytest.raises(ConfigError, match=r"\[16, 16\].*batch of 1.*BatchNorm"):
+        load_config(path, {"train.labeled_batch": "1"})
+    assert load_config(path, {"train.labeled_batch": "2", "train.unlabeled_batch": "2"}).train.labeled_batch == 2
+    assert load_config(path, {"train.labeled_batch": "1", "data.patch_size": "[32, 16]"}).data.patch_size == [32, 16]
+
+
 def test_predict_refuses_zero_mc_samples(trained, dataset, tmp_path, capsys):
     image = DatasetSpec.from_json(dataset).test[0].image
     code, events, err = cli(capsys, "predict", "--run-dir", str(trained), "--input", str(image), "--output-dir", str(tmp_path / "o"), "--mc-samples", "0")

@@ -14,7 +14,7 @@ def test_state_and_node_selections_survive_saving_and_reloading_the_scene(scene,
 
     params = ParameterNode.getOrCreate(scene)
     assert ParameterNode.getOrCreate(scene).node is params.node  # one per scene
-    state = GuiState(runsDirectory=str(tmp_path / "runs"), runName="liver", currentRunDir="/runs/a")
+    state = GuiState(runsDirectory=str(tmp_path / "runs"), runName="liver", currentRunDir="/runs/a", planPath="/runs/p/plan.yaml")
     state.training.method, state.training.iterations, state.training.patchSize = "mt", 1234, [96, 96, 64]
     state.training.validationFraction = 0.25
     state.prediction.mcSamples = 4
@@ -63,6 +63,15 @@ def test_settings_become_a_valid_core_config(tmp_path):
     raw = yaml.safe_load(path.read_text())
     cfg = RunConfig.from_dict(raw)  # the core library's own validation accepts it
     assert cfg.train.iterations == 300 and cfg.data.patch_size == [16, 16, 16] and cfg.data.dataset == "dataset.json"
+
+
+def test_settings_read_back_from_the_config_they_wrote(tmp_path):
+    """``fromConfig`` (how a plan fills the panel) inverts ``configOverrides``; what a config lacks keeps the default."""
+    settings = TrainingSettings(method="ucmt", network="unet2d", iterations=321, patchSize=[96, 64], spatialDims=2, labeledBatch=4,
+                                unlabeledBatch=3, baseFilters=8, modality="CT", device="cpu", valEvery=50, checkpointEvery=25, learningRate=0.003)
+    path = SemiSupUncertaintyLogic(scene=object()).writeConfig(tmp_path, settings.configOverrides())
+    assert TrainingSettings.fromConfig(yaml.safe_load(path.read_text())) == settings
+    assert TrainingSettings.fromConfig({"train": {"iterations": 7}}) == TrainingSettings(iterations=7)
 
 
 def test_settings_explain_what_is_wrong():

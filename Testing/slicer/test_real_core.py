@@ -180,3 +180,44 @@ def test_rgb_volumes_with_an_ignore_segment_train_and_predict_with_the_real_work
     seg = prediction.segmentations[0]
     assert seg.GetSegmentation().GetSegmentIdBySegmentName("Liver")
     assert sameGeometry(prediction.uncertainties[0], rgb3)
+
+
+def test_plan_from_the_scene_sets_the_defaults_and_is_the_base_of_training(realLogic, threeCases):
+    """``Logic.plan`` runs ``semisup plan`` on the exported cases; its plan is the training config's base."""
+    import dataclasses
+
+    import yaml
+
+    from SemiSupUncertaintyLib import PlanResult, TrainingSettings
+
+    pairs, unlabeled = threeCases
+    planned = realLogic.plan(pairs, unlabeled, budgetMinutes=5, device="cpu")
+    assert isinstance(planned, PlanResult) and planned.planPath.is_file() and planned.fingerprintPath.is_file()
+    fingerprint = json.loads(planned.fingerprintPath.read_text())
+    assert fingerprint["labeled"] + fingerprint["validation"] == 2 and fingerprint["unlabeled"] == 1
+    assert set(fingerprint["classes"]) >= {"Liver", "Kidney"}
+    assert planned.settings == TrainingSettings.fromConfig(planned.config)
+    assert planned.settings.method == planned.config["method"]["name"] and planned.settings.patchSize == planned.config["data"]["patch_size"]
+    assert realLogic.listRuns() == []  # a plan folder is not a run
+
+    # The panel's values (here: the plan's, made tiny) override the plan; the rest of the plan stays.
+    settings = dataclasses.replace(planned.settings, baseFilters=4, device="cpu", iterations=2, valEvery=2, checkpointEvery=2)
+    trained = realLogic.train(pairs, unlabeled, settings=settings, overrides=TINY_OVERRIDES, plan=planned)
+    config = yaml.safe_load((trained.runDir / "config.yaml").read_text())
+    assert config["train"]["iterations"] == 2 and config["network"]["base_filters"] == 4
+    for section, key in (("data", "target_spacing"), ("data", "foreground_oversample"), ("train", "lr_schedule"), ("inference", "overlap")):
+        assert config[section][key] == planned.config[section][key], (section, key)
+    assert Path(config["data"]["dataset"]) == trained.runDir / "dataset.json"
+    assert Path(trained.lastCheckpoint).is_file()
+
+
+def test_a_missing_plan_is_refused_before_anything_is_written(realLogic, threeCases, tmp_path):
+    from SemiSupUncertaintyLib import InputError
+
+    pairs, unlabeled = threeCases
+    with pytest.raises(InputError, match="does not exist"):
+        realLogic.train(pairs, unlabeled, tmp_path / "run", plan=tmp_path / "nowhere" / "plan.yaml")
+    assert not (tmp_path / "run").exists()
+    with pytest.raises(InputError, match="budget"):
+        realLogic.plan(pairs, unlabeled, tmp_path / "plan", budgetMinutes=0)
+    assert not (tmp_path / "plan").exists()

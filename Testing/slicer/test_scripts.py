@@ -181,3 +181,23 @@ def test_review_accepts_from_files_and_refuses_an_empty_correction(files, tmp_pa
     assert [e["case"] for e in json.loads((worker / "review.json").read_text())["accepted"]] == ["CT3"]
     assert sorted(p.name for p in (worker / "accepted").iterdir()) == ["CT3_image.nrrd", "CT3_label.nrrd"]
     assert sorted(p.name for p in (tmp_path / "run").parent.iterdir() if (p / "parent.json").exists()) == []  # no child run
+
+
+def test_plan_then_train_from_files_with_the_real_worker(files, tmp_path):
+    """``--plan``: semisup plan on the exported cases, its plan.yaml the run's base; given options win."""
+    import os
+
+    import yaml
+
+    labeled = [a for pair in files["labeled"] for a in ("--labeled", *pair)]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([sys.executable, str(SCRIPTS / "slicer_train.py"), "--", *labeled, "--unlabeled", *files["unlabeled"],
+                           "--run-dir", str(tmp_path / "run"), "--plan", "--budget-minutes", "5", "--iterations", "2",
+                           "--device", "cpu", "--set", "train.val_every=2"], capture_output=True, text=True, timeout=300, env=env)
+    assert done.returncode == 0, done.stderr
+    plan = yaml.safe_load((tmp_path / "run" / "plan.yaml").read_text())
+    config = yaml.safe_load((tmp_path / "run" / "config.yaml").read_text())
+    assert config["train"]["iterations"] == 2 and plan["train"]["iterations"] != 2  # the option wins
+    for section, key in (("data", "spatial_dims"), ("data", "patch_size"), ("data", "target_spacing"), ("network", "name"), ("method", "name")):
+        assert config[section][key] == plan[section][key], (section, key)
+    assert (tmp_path / "run" / "checkpoints" / "last.pt").is_file()
