@@ -101,6 +101,8 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, help="default: the run's inference.overlap")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "runs" / "predict_options")
+    ap.add_argument("--settings", nargs="+", choices=sorted(SETTINGS), default=list(SETTINGS),
+                    help="window settings to run (default: all four); e.g. gaussian_shared alone for the label source")
     ap.add_argument("--figure", type=Path, help="PNG of the first case's entropy before/after (e.g. docs/images/seams.png)")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -121,7 +123,8 @@ def main() -> None:
         ref_pre = preprocess_label(ref_img, cfg.data, reference=image)[0]
         borders = window_borders(pre.shape[1:], roi, overlap)
         row = {"case": name, "grid": list(pre.shape[1:]), "settings": {}}
-        for key, setting in SETTINGS.items():
+        for key in args.settings:
+            setting = SETTINGS[key]
             t0 = time.time()
             out = predict_volume(model.networks, torch.from_numpy(pre)[None], roi, mc_samples=cfg.inference.mc_samples,
                                  overlap=overlap, sw_batch_size=cfg.inference.sw_batch_size, seed=args.seed,
@@ -161,7 +164,7 @@ def main() -> None:
         return float(np.mean(vals))
 
     summary = {}
-    for key in SETTINGS:
+    for key in args.settings:
         s = {m: mean_of(lambda r, m=m, key=key: r["settings"][key][m]) for m in ("seam", "auroc", "seconds")}
         for source in ("mc_mean", "dropout_off"):
             for restore in ("nearest", "linear", "linear_lcc"):
@@ -173,7 +176,7 @@ def main() -> None:
                                                    "split": args.split, "cases": [r["case"] for r in rows],
                                                    "overlap": overlap, "summary": summary, "per_case": rows})
     print(json.dumps(summary, indent=1))
-    if args.figure and rows:
+    if args.figure and rows and {"constant_independent", "gaussian_shared"} <= set(args.settings):
         save_figure(args.out, rows[0]["case"], window_borders(rows[0]["grid"], roi, overlap), args.figure)
 
 
