@@ -274,16 +274,6 @@ class RunConfig:
                 f"{source}: data.patch_size {d.patch_size} must be divisible by {divisor} for network "
                 f"{self.network.name!r}; nearest: {[max(divisor, round(int(p) / divisor) * divisor) for p in d.patch_size]}"
             )
-        # Every backbone normalises with BatchNorm in training: one value per channel at the
-        # deepest level (a small patch and a batch of 1) fails inside torch with no hint.
-        deepest = math.prod(int(p) for p in d.patch_size) // divisor ** d.spatial_dims
-        smallest_batch = min(b for b in (int(t.labeled_batch), int(t.unlabeled_batch)) if b > 0) if t.labeled_batch > 0 else 0
-        if 0 < smallest_batch and deepest * smallest_batch < 2:
-            raise ConfigError(
-                f"{source}: data.patch_size {d.patch_size} leaves {deepest} voxel per image at the deepest level of "
-                f"{self.network.name!r}, and a batch of {smallest_batch} then gives BatchNorm one value per channel; "
-                f"use a batch of 2 or more, or a patch of {2 * divisor} or more along one axis"
-            )
         if isinstance(d.modality, str):
             if d.modality.upper() not in (*NORMALISATIONS, AUTO_MODALITY):
                 raise ConfigError(f"{source}: data.modality must be 'MR', 'CT', 'RGB' or 'auto', got {d.modality!r}")

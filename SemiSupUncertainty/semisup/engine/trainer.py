@@ -323,7 +323,18 @@ class Trainer:
                 unlabeled = _to_device(next(unlabeled_it), device) if unlabeled_it is not None else None
                 ctx = torch.autocast(device.type, dtype=amp_dtype) if amp_dtype is not None else nullcontext()
                 with ctx:
-                    out = step_fn(labeled, unlabeled, it, total)
+                    try:
+                        out = step_fn(labeled, unlabeled, it, total)
+                    except ValueError as exc:
+                        # torch's own words name neither the patch nor the batch that cause it.
+                        if "Expected more than 1 value per channel" not in str(exc):
+                            raise
+                        raise ConfigError(
+                            f"data.patch_size {cfg.data.patch_size} leaves one voxel per image at the deepest level of "
+                            f"{cfg.network.name!r}, and with a batch of {cfg.train.labeled_batch} labeled / "
+                            f"{cfg.train.unlabeled_batch} unlabeled BatchNorm gets one value per channel; use batches of 2 "
+                            f"or more, or a patch of {2 * NETWORK_DIVISORS[cfg.network.name]} or more along one axis"
+                        ) from None
                 optimizer.zero_grad(set_to_none=True)
                 scaler.scale(out.loss).backward()
                 scaler.step(optimizer)
