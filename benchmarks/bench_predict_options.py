@@ -173,7 +173,7 @@ def main() -> None:
     summary["flip_x_gaussian_shared"] = {f"dice_{s}_linear": mean_of(lambda r, s=s: r[f"dice_flip_x_{s}_linear"])
                                          for s in ("mc_mean", "dropout_off")}
     write_json(args.out / "predict_options.json", {**command_header(), "checkpoint": str(args.checkpoint),
-                                                   "split": args.split, "cases": [r["case"] for r in rows],
+                                                   "dataset": str(args.dataset), "split": args.split, "cases": [r["case"] for r in rows],
                                                    "overlap": overlap, "summary": summary, "per_case": rows})
     print(json.dumps(summary, indent=1))
     if args.figure and rows and {"constant_independent", "gaussian_shared"} <= set(args.settings):

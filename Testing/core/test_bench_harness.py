@@ -149,3 +149,25 @@ def test_progress_events_skip_a_killed_runs_truncated_line(harness, tmp_path):
     events = harness.progress_events(stream)
     assert [e["event"] for e in events] == ["start", "iteration"]
     assert harness.iteration_rates(events) == [2.0]
+
+
+def test_label_source_comparison_pairs_cases_and_refuses_a_report_set(load_script, tmp_path):
+    import json
+
+    label_source = load_script("label_source")
+
+    def case(mc, off, mc_lcc, off_lcc):
+        return {"settings": {"gaussian_shared": {"dice_mc_mean_linear": {"a": mc}, "dice_dropout_off_linear": {"a": off},
+                                                 "dice_mc_mean_linear_lcc": {"a": mc_lcc}, "dice_dropout_off_linear_lcc": {"a": off_lcc}}}}
+
+    path = tmp_path / "predict_options.json"
+    path.write_text(json.dumps({"dataset": "runs/x/fold0of5/dataset.json", "per_case": [
+        case(0.5, 0.7, 0.6, 0.6), case(0.8, 0.6, 0.8, 0.9), case(0.6, 0.8, 0.5, 0.7)]}))
+    result = label_source.compare([path])
+    linear = result["restores"]["linear"]
+    assert result["cases"] == 3 and abs(linear["mc_mean"] - 1.9 / 3) < 1e-9 and abs(linear["dropout_off"] - 2.1 / 3) < 1e-9
+    assert linear["dropout_off_better"] == 2 and result["restores"]["linear_lcc"]["dropout_off_better"] == 2
+    report = tmp_path / "report.json"
+    report.write_text(json.dumps({"dataset": "runs/x/fold0of5/dataset_report.json", "per_case": []}))
+    with pytest.raises(SystemExit, match="report set"):
+        label_source.compare([report])
