@@ -8,6 +8,7 @@ from typing import Any
 
 from .Parameters import TrainingSettings
 from .WorkerJob import WorkerJob
+from .WorkerProcess import ExitStatus
 
 __all__ = ["PlanJob", "PlanResult"]
 
@@ -49,8 +50,10 @@ class PlanJob(WorkerJob):
         self.result: PlanResult | None = None
 
     def _finish(self) -> None:
-        if not self.planPath.exists():  # failed or cancelled: the worker's message says why
-            return
+        if not self.planPath.exists():
+            if self.status == ExitStatus.FINISHED:  # exit 0 without its output: never silently "planned"
+                self.finishError = f"the planning process wrote no {self.planPath}"
+            return  # failed or cancelled: the worker's message says why
         config, settings = readPlan(self.planPath)
         fingerprint = self.planPath.with_name(self.planPath.stem + "_fingerprint.json")
         self.result = PlanResult(self.runDir, self.planPath, settings, config, fingerprint if fingerprint.exists() else None)

@@ -91,6 +91,13 @@ def test_worker_failure_reaches_the_user_in_plain_words(scene, tmp_path, threeCa
     assert job.status == ExitStatus.FAILED and "CUDA out of memory" in job.errorMessage and "Failed:" in job.tracker.status_text()
 
 
+def test_a_plan_process_that_writes_no_plan_is_a_failure_not_a_plan(standinLogic, threeCases):
+    pairs, unlabeled = threeCases
+    with pytest.raises(WorkerError, match="wrote no .*plan.yaml") as info:
+        standinLogic.plan(pairs, unlabeled)
+    assert info.value.status == ExitStatus.FAILED
+
+
 def test_bad_input_found_by_the_worker_is_exit_code_2(standinLogic, threeCases):
     pairs, unlabeled = threeCases
     with pytest.raises(WorkerError) as info:

@@ -152,6 +152,12 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    """A worker that exits 0 but wrote no plan (the logic must not call that planned)."""
+    emit("plan", config=None, fingerprint=None, budget="cpu", method="supervised", iterations=1)
+    return 0
+
+
 def case_name(path: Path) -> str:
     name = path.name
     for suffix in (".nii.gz", ".nrrd", ".nii", ".mha"):
@@ -219,9 +225,14 @@ def main() -> int:
     p.add_argument("--mc-samples", type=int)
     p.add_argument("--device", default="auto")
     p.add_argument("--progress", default="auto")
+    p = sub.add_parser("plan")
+    p.add_argument("dataset")
+    p.add_argument("--output")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--budget-minutes", type=float)
     args = parser.parse_args()
     print("stand-in worker starting", file=sys.stderr)
-    return {"train": cmd_train, "predict": cmd_predict}[args.command](args)
+    return {"train": cmd_train, "predict": cmd_predict, "plan": cmd_plan}[args.command](args)
 
 
 if __name__ == "__main__":
