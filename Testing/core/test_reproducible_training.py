@@ -42,3 +42,19 @@ def test_two_one_thread_runs_give_identical_checkpoints(tmp_path) -> None:
 def test_threads_must_be_positive() -> None:
     with pytest.raises(ConfigError, match="train.threads"):
         RunConfig.from_dict({"train": {"threads": 0}})
+
+
+def test_validation_never_changes_the_trained_weights(tmp_path) -> None:
+    """Validating every 2 iterations or never in between gives the same last.pt: validation draws
+    from a forked random state and leaves the data streams alone, so a benchmark may validate
+    rarely (only best.pt and its choice depend on val_every)."""
+    dataset = make_synthetic_dataset(tmp_path / "data", labeled=2, unlabeled=2, validation=1, test=0,
+                                     shape=(24, 24, 16), seed=4)
+    states = []
+    for name, val_every in (("often", 2), ("at_the_end", 6)):
+        cfg = _config(dataset)
+        cfg.train.val_every = val_every
+        Trainer(cfg, tmp_path / name).fit()
+        states.append(load_checkpoint(tmp_path / name / "checkpoints" / "last.pt")["method"])
+    for key in states[0]:
+        assert torch.equal(states[0][key], states[1][key]), key
