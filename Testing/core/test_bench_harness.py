@@ -171,3 +171,26 @@ def test_label_source_comparison_pairs_cases_and_refuses_a_report_set(load_scrip
     report.write_text(json.dumps({"dataset": "runs/x/fold0of5/dataset_report.json", "per_case": []}))
     with pytest.raises(SystemExit, match="report set"):
         label_source.compare([report])
+
+
+def test_cv_report_tables_average_seeds_and_pool_only_common_folds(load_script):
+    report = load_script("cv_report")
+
+    def result(method, fold, seed, dice):
+        return {"method": method, "seed": seed, "split": {"folds": 5, "fold": fold}, "per_case_dice": dice}
+
+    results = {
+        "a": result("supervised", 0, 1, {"x": 0.5, "y": 0.7}),
+        "b": result("uamt", 0, 1, {"x": 0.6, "y": 0.9}),
+        "c": result("uamt", 0, 2, {"x": 0.8, "y": 0.9}),
+        "d": result("supervised", 1, 1, {"z": 0.4}),
+        "e": {"method": "uamt", "per_case_dice": {"x": 0.0}},  # a single-split result: ignored
+    }
+    table = report.fold_table(results)
+    # uamt on fold 0: seeds averaged per case (x 0.7, y 0.9): mean 80.00, both cases better, +20.00
+    assert "| 0 | uamt | 2 | 2 | 80.00 | 80.0 | 70.0 |" in table and "2/2, +20.00" in table
+    assert "| 1 | supervised | 1 | 1 | 40.00 |" in table
+    common = report.common_folds(results, ["supervised", "uamt"])
+    assert set(common) == {"a", "b", "c"}  # fold 1 has no uamt
+    seeds = report.seed_table(results)
+    assert "| 0 | uamt | 1: 75.00 (60.0), 2: 85.00 (80.0) | 7.07 |" in seeds
