@@ -43,6 +43,9 @@ __all__ = ["SemiSupUncertaintyLogic"]
 
 log = logging.getLogger("SemiSupUncertainty")
 
+#: Folders of the exported cases (SceneExporter), removed after a plan: it keeps what it measured.
+EXPORTED_CASE_FOLDERS = ("imagesTr", "labelsTr", "imagesUnlabeled")
+
 
 def _asList(nodes) -> list:
     if nodes is None:
@@ -299,14 +302,17 @@ class SemiSupUncertaintyLogic:
         if budgetMinutes is not None and not budgetMinutes > 0:
             raise InputError(f"the training budget must be a positive number of minutes, got {budgetMinutes}")
         runDir = Path(runDir) if runDir else self.newRunDir("plan")
+        if (runDir / "checkpoints" / "last.pt").exists() or (runDir / "checkpoints" / "best.pt").exists():
+            raise InputError(f"{runDir} already holds a trained run: plan into a new folder")
         fraction = TrainingSettings().validationFraction if validationFraction is None else validationFraction
+        exported = [runDir / folder for folder in EXPORTED_CASE_FOLDERS if not (runDir / folder).exists()]
         dataset = self.exporter.export(runDir, labeledPairs, unlabeled, classNames, validationFraction=fraction)
         planPath = runDir / "plan.yaml"
         args = ["plan", dataset.datasetPath, "--output", planPath, "--device", device]
         if budgetMinutes is not None:
             args += ["--budget-minutes", float(budgetMinutes)]
-        job = PlanJob(self._worker(args, logPath=runDir / "slicer-worker.log"), runDir, planPath, onEvent=onEvent,
-                      logProgress=wait if logProgress is None else logProgress)
+        job = PlanJob(self._worker(args, logPath=runDir / "slicer-worker.log"), runDir, planPath, removeAfterSuccess=exported,
+                      onEvent=onEvent, logProgress=wait if logProgress is None else logProgress)
         return self._startJob(job, wait)
 
     def resume(

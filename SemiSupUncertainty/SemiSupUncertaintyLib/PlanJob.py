@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 from .Parameters import TrainingSettings
 from .WorkerJob import WorkerJob
@@ -43,10 +44,13 @@ def readPlan(planPath: str | Path) -> tuple[dict[str, Any], TrainingSettings]:
 class PlanJob(WorkerJob):
     what = "The planning process"
 
-    def __init__(self, worker, runDir: str | Path, planPath: str | Path, **kwargs) -> None:
+    def __init__(self, worker, runDir: str | Path, planPath: str | Path, removeAfterSuccess: Sequence[Path] = (), **kwargs) -> None:
         super().__init__(worker, **kwargs)
         self.runDir = Path(runDir)
         self.planPath = Path(planPath)
+        # The exported volumes: the plan and its fingerprint keep what was measured, and
+        # training exports the cases again, so a copy of every volume per plan is not kept.
+        self.removeAfterSuccess = [Path(p) for p in removeAfterSuccess]
         self.result: PlanResult | None = None
 
     def _finish(self) -> None:
@@ -57,3 +61,5 @@ class PlanJob(WorkerJob):
         config, settings = readPlan(self.planPath)
         fingerprint = self.planPath.with_name(self.planPath.stem + "_fingerprint.json")
         self.result = PlanResult(self.runDir, self.planPath, settings, config, fingerprint if fingerprint.exists() else None)
+        for folder in self.removeAfterSuccess:
+            shutil.rmtree(folder, ignore_errors=True)

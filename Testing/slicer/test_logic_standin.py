@@ -94,8 +94,16 @@ def test_worker_failure_reaches_the_user_in_plain_words(scene, tmp_path, threeCa
 def test_a_plan_process_that_writes_no_plan_is_a_failure_not_a_plan(standinLogic, threeCases):
     pairs, unlabeled = threeCases
     with pytest.raises(WorkerError, match="wrote no .*plan.yaml") as info:
-        standinLogic.plan(pairs, unlabeled)
+        standinLogic.plan(pairs, unlabeled, standinLogic.runsDirectory / "p")
     assert info.value.status == ExitStatus.FAILED
+    assert (standinLogic.runsDirectory / "p" / "imagesTr").is_dir()  # kept for the diagnosis
+
+
+def test_planning_into_a_trained_run_is_refused(standinLogic, threeCases):
+    pairs, unlabeled = threeCases
+    trained = standinLogic.train(pairs, unlabeled, iterations=2)
+    with pytest.raises(InputError, match="already holds a trained run"):
+        standinLogic.plan(pairs, unlabeled, trained.runDir)
 
 
 def test_bad_input_found_by_the_worker_is_exit_code_2(standinLogic, threeCases):

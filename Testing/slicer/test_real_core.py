@@ -199,6 +199,8 @@ def test_plan_from_the_scene_sets_the_defaults_and_is_the_base_of_training(realL
     assert planned.settings == TrainingSettings.fromConfig(planned.config)
     assert planned.settings.method == planned.config["method"]["name"] and planned.settings.patchSize == planned.config["data"]["patch_size"]
     assert realLogic.listRuns() == []  # a plan folder is not a run
+    # The exported volumes are not kept with the plan (training exports them again).
+    assert sorted(p.name for p in planned.runDir.iterdir() if p.is_dir()) == []
 
     # The panel's values (here: the plan's, made tiny) override the plan; the rest of the plan stays.
     settings = dataclasses.replace(planned.settings, baseFilters=4, device="cpu", iterations=2, valEvery=2, checkpointEvery=2)
