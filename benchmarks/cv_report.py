@@ -18,7 +18,7 @@ import argparse
 import statistics
 from pathlib import Path
 
-from harness import case_summary, pooled_table, read_results
+from harness import case_summary, paired_comparison, pooled_table, read_results
 
 
 def by_fold(results: dict) -> dict[tuple[int, str], dict[str, list[float]]]:
@@ -35,8 +35,6 @@ def by_fold(results: dict) -> dict[tuple[int, str], dict[str, list[float]]]:
 
 
 def fold_table(results: dict, baseline: str = "supervised") -> str:
-    from scipy.stats import wilcoxon
-
     folds = by_fold(results)
     lines = ["| fold | method | seeds | cases | mean Dice % | median | worst | 5th pct | < 0.5 | vs supervised: better, mean diff, p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -46,10 +44,8 @@ def fold_table(results: dict, baseline: str = "supervised") -> str:
         cmp = "-"
         base = folds.get((fold, baseline))
         if base is not None and method != baseline:
-            base_means = {c: sum(v) / len(v) for c, v in base.items()}
-            diffs = [means[c] - base_means[c] for c in sorted(set(means) & set(base_means))]
-            p = wilcoxon(diffs).pvalue if any(diffs) else 1.0
-            cmp = f"{sum(d > 0 for d in diffs)}/{len(diffs)}, {100 * sum(diffs) / len(diffs):+.2f}, p = {p:.3g}"
+            vs = paired_comparison(means, {c: sum(v) / len(v) for c, v in base.items()})
+            cmp = f"{vs['better']}/{vs['cases']}, {100 * vs['mean_difference']:+.2f}, p = {vs['p']:.3g}"
         seeds = max(len(v) for v in cases.values())
         lines.append(f"| {fold} | {method} | {seeds} | {s['cases']} | {s['mean'] * 100:.2f} | {s['median'] * 100:.1f} | "
                      f"{s['worst'] * 100:.1f} | {s['p5'] * 100:.1f} | {s['under_0.5']} | {cmp} |")

@@ -266,13 +266,26 @@ def case_summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def paired_comparison(candidate: dict[str, float], baseline: dict[str, float]) -> dict[str, Any]:
+    """Candidate against baseline over the cases both have (case -> Dice): how many cases
+    are better, the mean difference and the paired Wilcoxon p (1.0 when all differences are 0)."""
+    from scipy.stats import wilcoxon
+
+    common = sorted(set(candidate) & set(baseline))
+    diffs = [candidate[c] - baseline[c] for c in common]
+    return {
+        "cases": len(common),
+        "better": sum(d > 0 for d in diffs),
+        "mean_difference": sum(diffs) / len(diffs) if diffs else float("nan"),
+        "p": float(wilcoxon(diffs).pvalue) if any(diffs) else 1.0,
+    }
+
+
 def pooled_folds(results: dict[str, dict[str, Any]], baseline: str = "supervised") -> dict[str, dict[str, Any]]:
     """Per method, the per-case Dice of every fold pooled (mean over seeds per case),
     its :func:`case_summary`, and the paired Wilcoxon test against ``baseline`` over
     the cases both have. ``results`` values need ``method``, ``per_case_dice`` and a
     ``split`` with ``folds`` (other entries are ignored)."""
-    from scipy.stats import wilcoxon
-
     per_method: dict[str, dict[str, list[float]]] = {}
     for r in results.values():
         if not (r.get("split") or {}).get("folds") or "per_case_dice" not in r:
@@ -286,14 +299,7 @@ def pooled_folds(results: dict[str, dict[str, Any]], baseline: str = "supervised
         row: dict[str, Any] = {**case_summary(list(cases.values())), "seeds_per_case": max(len(v) for v in per_method[method].values())}
         base = means.get(baseline)
         if base is not None and method != baseline:
-            common = sorted(set(cases) & set(base))
-            diffs = [cases[c] - base[c] for c in common]
-            row["vs_baseline"] = {
-                "cases": len(common),
-                "better": sum(d > 0 for d in diffs),
-                "mean_difference": sum(diffs) / len(diffs) if diffs else float("nan"),
-                "p": float(wilcoxon(diffs).pvalue) if any(diffs) else 1.0,
-            }
+            row["vs_baseline"] = paired_comparison(cases, base)
         out[method] = row
     return out
 

@@ -55,6 +55,12 @@ def _asList(nodes) -> list:
     return [nodes]
 
 
+def _refuseTrainedRun(runDir: Path, advice: str) -> None:
+    """An :class:`InputError` before anything is written into a folder that holds a checkpoint."""
+    if any((runDir / "checkpoints" / name).exists() for name in ("last.pt", "best.pt")):
+        raise InputError(f"{runDir} already holds a trained run: {advice}")
+
+
 def _runChannels(runDir: Path) -> int | None:
     """Input channels the run was trained on (``data.channels``, saved by the trainer), or ``None``."""
     try:
@@ -256,8 +262,7 @@ class SemiSupUncertaintyLogic:
         unlabeled = self.defaultUnlabeledVolumes(labeledPairs) if unlabeledVolumes is None else _asList(unlabeledVolumes)
         self.checkInputs(labeledPairs, unlabeled, classNames)  # before any file is written
         runDir = Path(runDir) if runDir else self.newRunDir(settings.method)
-        if (runDir / "checkpoints" / "last.pt").exists() or (runDir / "checkpoints" / "best.pt").exists():
-            raise InputError(f"{runDir} already holds a trained run: resume it, or train into a new folder")
+        _refuseTrainedRun(runDir, "resume it, or train into a new folder")
         dataset = self.exporter.export(runDir, labeledPairs, unlabeled, classNames, validationFraction=settings.validationFraction)
         for warning in dataset.warnings:
             log.warning(warning)
@@ -302,8 +307,7 @@ class SemiSupUncertaintyLogic:
         if budgetMinutes is not None and not budgetMinutes > 0:
             raise InputError(f"the training budget must be a positive number of minutes, got {budgetMinutes}")
         runDir = Path(runDir) if runDir else self.newRunDir("plan")
-        if (runDir / "checkpoints" / "last.pt").exists() or (runDir / "checkpoints" / "best.pt").exists():
-            raise InputError(f"{runDir} already holds a trained run: plan into a new folder")
+        _refuseTrainedRun(runDir, "plan into a new folder")
         fraction = TrainingSettings().validationFraction if validationFraction is None else validationFraction
         exported = [runDir / folder for folder in EXPORTED_CASE_FOLDERS if not (runDir / folder).exists()]
         dataset = self.exporter.export(runDir, labeledPairs, unlabeled, classNames, validationFraction=fraction)
