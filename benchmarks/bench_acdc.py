@@ -74,6 +74,7 @@ from harness import (
     child_env,
     iteration_rates,
     merge_result,
+    patient_of,
     pooled_table,
     predict_and_evaluate,
     progress_events,
@@ -181,12 +182,6 @@ def method_params(method: str, setting: dict, iterations: int) -> dict:
         third = max(3, n // 3)
         return {"pretrain_iterations": third, "stage_iterations": third}
     return {}
-
-
-def patient_of(path: str) -> str:
-    """``patient038`` from ``./imagesTr/patient038_frame01.nrrd``."""
-    name = Path(path).name
-    return name.split("_")[0]
 
 
 def write_splits(data: Path, out: Path) -> tuple[Path, Path, dict]:
@@ -425,7 +420,7 @@ def main() -> None:
                   file=sys.stderr, flush=True)
     results = read_results(results_path)
     print(table(results))
-    pooled = pooled_table(results, "volumes")
+    pooled = pooled_table(results, "volumes", group=patient_of)
     if pooled:
         print(pooled)
 

@@ -5,11 +5,13 @@ Prints, in Markdown: one row per fold and method (seeds averaged per case, as th
 pooled figures do) with the paired comparison against supervised-only on that fold;
 the folds pooled (``harness.pooled_table``); and the seed spread where a fold ran
 several seeds of a method (each seed's mean and worst case, and the standard deviation
-of the means). Only results with a ``split`` of a K-fold run are read.
+of the means). Only results with a ``split`` of a K-fold run are read. ACDC pairs by patient (``--pair-by patient``): its two frames
+are not independent cases.
 
 Example::
 
     python benchmarks/cv_report.py benchmarks/results/cv_la_cpu.json
+    python benchmarks/cv_report.py benchmarks/results/cv_acdc_cpu.json --pair-by patient
 """
 
 from __future__ import annotations
@@ -18,7 +20,9 @@ import argparse
 import statistics
 from pathlib import Path
 
-from harness import case_summary, paired_comparison, pooled_table, read_results
+from typing import Callable
+
+from harness import case_summary, comparison_cell, paired_comparison, patient_of, pooled_table, read_results
 
 
 def by_fold(results: dict) -> dict[tuple[int, str], dict[str, list[float]]]:
@@ -34,7 +38,9 @@ def by_fold(results: dict) -> dict[tuple[int, str], dict[str, list[float]]]:
     return out
 
 
-def fold_table(results: dict, baseline: str = "supervised") -> str:
+def fold_table(results: dict, baseline: str = "supervised", group: Callable[[str], str] | None = None,
+               group_unit: str = "patients") -> str:
+    """One row per fold and method; with ``group`` the paired test is over ``group_unit``."""
     folds = by_fold(results)
     lines = ["| fold | method | seeds | cases | mean Dice % | median | worst | 5th pct | < 0.5 | vs supervised: better, mean diff, p |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -44,8 +50,8 @@ def fold_table(results: dict, baseline: str = "supervised") -> str:
         cmp = "-"
         base = folds.get((fold, baseline))
         if base is not None and method != baseline:
-            vs = paired_comparison(means, {c: sum(v) / len(v) for c, v in base.items()})
-            cmp = f"{vs['better']}/{vs['cases']}, {100 * vs['mean_difference']:+.2f}, p = {vs['p']:.3g}"
+            vs = paired_comparison(means, {c: sum(v) / len(v) for c, v in base.items()}, group)
+            cmp = comparison_cell(vs, group_unit if group else None)
         seeds = max(len(v) for v in cases.values())
         lines.append(f"| {fold} | {method} | {seeds} | {s['cases']} | {s['mean'] * 100:.2f} | {s['median'] * 100:.1f} | "
                      f"{s['worst'] * 100:.1f} | {s['p5'] * 100:.1f} | {s['under_0.5']} | {cmp} |")
@@ -87,11 +93,14 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("results", type=Path, help="a sweep's results.json")
     ap.add_argument("--methods", nargs="+", help="pool only these methods, over the folds where all of them ran")
+    ap.add_argument("--pair-by", choices=["case", "patient"], default="case",
+                    help="unit of the paired test: each case, or each patient (ACDC: the mean of its two frames)")
     args = ap.parse_args()
     results = read_results(args.results)
-    print(fold_table(results))
+    group = patient_of if args.pair_by == "patient" else None
+    print(fold_table(results, group=group))
     pooled = common_folds(results, args.methods) if args.methods else results
-    print(pooled_table(pooled, "cases"))
+    print(pooled_table(pooled, "volumes" if group else "cases", group=group))
     seeds = seed_table(results)
     if seeds:
         print("\nSeed spread:\n")

@@ -24,7 +24,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
@@ -266,26 +266,50 @@ def case_summary(values: list[float]) -> dict[str, float]:
     }
 
 
-def paired_comparison(candidate: dict[str, float], baseline: dict[str, float]) -> dict[str, Any]:
+def patient_of(case: str) -> str:
+    """``patient038`` from a case id or path such as ``./imagesTr/patient038_frame01.nrrd``
+    (ACDC: the frames of one patient share it)."""
+    return Path(case).name.split("_")[0]
+
+
+def paired_comparison(candidate: dict[str, float], baseline: dict[str, float],
+                      group: Callable[[str], str] | None = None) -> dict[str, Any]:
     """Candidate against baseline over the cases both have (case -> Dice): how many cases
-    are better, the mean difference and the paired Wilcoxon p (1.0 when all differences are 0)."""
+    are better, the mean difference and the paired Wilcoxon p (1.0 when all differences are 0).
+
+    With ``group`` (case -> unit, e.g. :func:`patient_of`) the test runs on each unit's
+    mean difference, as the cases of one unit (two frames of a patient) are not
+    independent samples; ``units`` counts them (the cases without ``group``)."""
     from scipy.stats import wilcoxon
 
     common = sorted(set(candidate) & set(baseline))
     diffs = [candidate[c] - baseline[c] for c in common]
+    per_unit: dict[str, list[float]] = {}
+    for case, d in zip(common, diffs):
+        per_unit.setdefault(group(case) if group else case, []).append(d)
+    unit_diffs = [sum(v) / len(v) for v in per_unit.values()]
     return {
         "cases": len(common),
         "better": sum(d > 0 for d in diffs),
         "mean_difference": sum(diffs) / len(diffs) if diffs else float("nan"),
-        "p": float(wilcoxon(diffs).pvalue) if any(diffs) else 1.0,
+        "units": len(per_unit),
+        "p": float(wilcoxon(unit_diffs).pvalue) if any(unit_diffs) else 1.0,
     }
 
 
-def pooled_folds(results: dict[str, dict[str, Any]], baseline: str = "supervised") -> dict[str, dict[str, Any]]:
+def comparison_cell(vs: dict[str, Any], unit: str | None = None) -> str:
+    """``better/cases, +mean diff, p`` for a table; ``unit`` names what the test paired when grouped."""
+    tested = f" ({vs['units']} {unit})" if unit else ""
+    return f"{vs['better']}/{vs['cases']}, {vs['mean_difference'] * 100:+.2f}, p = {vs['p']:.3g}{tested}"
+
+
+def pooled_folds(results: dict[str, dict[str, Any]], baseline: str = "supervised",
+                 group: Callable[[str], str] | None = None) -> dict[str, dict[str, Any]]:
     """Per method, the per-case Dice of every fold pooled (mean over seeds per case),
     its :func:`case_summary`, and the paired Wilcoxon test against ``baseline`` over
     the cases both have. ``results`` values need ``method``, ``per_case_dice`` and a
-    ``split`` with ``folds`` (other entries are ignored)."""
+    ``split`` with ``folds`` (other entries are ignored); ``group`` as in
+    :func:`paired_comparison`."""
     per_method: dict[str, dict[str, list[float]]] = {}
     for r in results.values():
         if not (r.get("split") or {}).get("folds") or "per_case_dice" not in r:
@@ -299,22 +323,25 @@ def pooled_folds(results: dict[str, dict[str, Any]], baseline: str = "supervised
         row: dict[str, Any] = {**case_summary(list(cases.values())), "seeds_per_case": max(len(v) for v in per_method[method].values())}
         base = means.get(baseline)
         if base is not None and method != baseline:
-            row["vs_baseline"] = paired_comparison(cases, base)
+            row["vs_baseline"] = paired_comparison(cases, base, group)
         out[method] = row
     return out
 
 
-def pooled_table(results: dict[str, Any], unit: str = "cases") -> str:
-    """The Markdown table of :func:`pooled_folds` (empty when no fold was run); ``unit`` names a row's items."""
-    pooled = pooled_folds(results)
+def pooled_table(results: dict[str, Any], unit: str = "cases", group: Callable[[str], str] | None = None,
+                 group_unit: str = "patients") -> str:
+    """The Markdown table of :func:`pooled_folds` (empty when no fold was run); ``unit`` names a
+    row's items; with ``group`` the test pairs ``group_unit`` (see :func:`paired_comparison`)."""
+    pooled = pooled_folds(results, group=group)
     if not pooled:
         return ""
-    lines = [f"\nFolds pooled (each of the {unit} once, mean over seeds; paired Wilcoxon vs supervised):\n",
+    tested = f" over {group_unit}" if group else ""
+    lines = [f"\nFolds pooled (each of the {unit} once, mean over seeds; paired Wilcoxon vs supervised{tested}):\n",
              f"| method | {unit} | mean Dice % | median | worst | 5th pct | < 0.5 | vs supervised: better, mean diff, p |",
              "|---|---|---|---|---|---|---|---|"]
     for method, r in pooled.items():
         vs = r.get("vs_baseline")
-        cmp = f"{vs['better']}/{vs['cases']}, {vs['mean_difference'] * 100:+.2f}, p = {vs['p']:.3g}" if vs else "-"
+        cmp = comparison_cell(vs, group_unit if group else None) if vs else "-"
         lines.append(f"| {method} | {r['cases']} | {r['mean'] * 100:.2f} | {r['median'] * 100:.1f} | {r['worst'] * 100:.1f} | "
                      f"{r['p5'] * 100:.1f} | {r['under_0.5']} | {cmp} |")
     return "\n".join(lines)

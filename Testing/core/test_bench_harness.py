@@ -194,3 +194,24 @@ def test_cv_report_tables_average_seeds_and_pool_only_common_folds(load_script):
     assert set(common) == {"a", "b", "c"}  # fold 1 has no uamt
     seeds = report.seed_table(results)
     assert "| 0 | uamt | 1: 75.00 (60.0), 2: 85.00 (80.0) | 7.07 |" in seeds
+
+
+def test_paired_comparison_by_patient_tests_patients_not_frames(load_script):
+    harness = load_script("harness")
+    assert harness.patient_of("./imagesTr/patient038_frame01.nrrd") == harness.patient_of("patient038_frame02") == "patient038"
+    baseline = {f"patient{p}_frame0{f}": 0.5 for p in range(4) for f in (1, 2)}
+    # Every frame better, by 0.01 .. 0.08 (distinct, so scipy's exact test applies).
+    candidate = {case: 0.5 + 0.01 * (i + 1) for i, case in enumerate(sorted(baseline))}
+    by_case = harness.paired_comparison(candidate, baseline)
+    by_patient = harness.paired_comparison(candidate, baseline, harness.patient_of)
+    # Exact two-sided Wilcoxon, all differences positive: 2 / 2^n, n = 8 frames or 4 patients.
+    assert by_case["p"] == pytest.approx(2 / 2**8) and by_case["units"] == 8
+    assert by_patient["p"] == pytest.approx(2 / 2**4) and by_patient["units"] == 4
+    assert by_patient["better"] == 8 and by_patient["cases"] == 8
+    assert by_patient["mean_difference"] == pytest.approx(by_case["mean_difference"]) == pytest.approx(0.045)
+    assert harness.comparison_cell(by_patient, "patients") == "8/8, +4.50, p = 0.125 (4 patients)"
+    split = {"folds": 5, "fold": 0}
+    results = {"s": {"method": "supervised", "split": split, "per_case_dice": baseline},
+               "u": {"method": "uamt", "split": split, "per_case_dice": candidate}}
+    assert "p = 0.125 (4 patients)" in harness.pooled_table(results, "volumes", group=harness.patient_of)
+    assert "p = 0.125 (4 patients)" in load_script("cv_report").fold_table(results, group=harness.patient_of)
