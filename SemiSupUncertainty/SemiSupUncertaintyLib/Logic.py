@@ -297,7 +297,7 @@ class SemiSupUncertaintyLogic:
         Parameters
         ----------
         budgetMinutes:
-            Training time to plan for (default: the core library's, 30 on a CPU, the paper budget on a GPU).
+            Training time to plan for (default: the core library's, 60 on a CPU, the paper budget on a GPU).
         device:
             ``auto`` (the worker's machine), ``cpu`` or ``cuda``.
         """

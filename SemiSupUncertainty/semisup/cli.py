@@ -142,7 +142,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("plan", help="fingerprint a dataset and write an editable run configuration for it")
     p.add_argument("dataset", type=Path, help="dataset.json (or its folder)")
     p.add_argument("--output", type=Path, help="config YAML to write (and <name>_fingerprint.json beside it); default stdout")
-    p.add_argument("--budget-minutes", type=float, help="training time to plan for (default: 30 on a CPU, the paper budget on a GPU)")
+    p.add_argument("--budget-minutes", type=float, help="training time to plan for (default: 60 on a CPU, the paper budget on a GPU)")
     p.add_argument("--device", default="auto", help="plan for: auto (this machine), cpu, cuda")
     p.add_argument("--max-cases", type=int, default=20, help="labeled cases read for intensities and class sizes")
     p.add_argument("--progress", choices=["auto", "json", "bar", "none"], default="none", help="progress events (default none)")

@@ -86,8 +86,8 @@ def plan_from_fingerprint(fp: Fingerprint, budget_minutes: float | None = None, 
     fp:
         :func:`~semisup.data.fingerprint.dataset_fingerprint` of the dataset.
     budget_minutes:
-        Training time to plan for. ``None``: the paper budget on a GPU, 30 minutes
-        on a CPU.
+        Training time to plan for. ``None``: the paper budget on a GPU, ``DEFAULT_CPU_MINUTES``
+        (60) on a CPU.
     device:
         ``"cpu"`` or ``"gpu"``; default from ``fp.device``.
     """
