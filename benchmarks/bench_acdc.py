@@ -47,7 +47,8 @@ seed); fold i's volumes are the report set, never trained on or used to choose
 anything. Of the other patients (list order) the first 7 are labeled, the last
 ``FOLD_VALIDATION_PATIENTS`` are the validation set (the largest-component decision,
 ``inference.largest_component: auto``), the rest are unlabeled. The summary adds the
-median, worst case, 5th percentile and cases under 0.5 mean Dice.
+median, worst case, 5th percentile and cases under 0.5 mean Dice; the folds-pooled paired
+test is over patients (the mean of a patient's two frames, not independent cases).
 
 Example::
 
