@@ -383,7 +383,6 @@ def main() -> None:
         print(f"ACDC not found at {args.data}: this benchmark needs the shared datasets "
               "(../shared/data/ACDC); skipping.", file=sys.stderr)
         raise SystemExit(0)
-    sys.path.insert(0, str(REPO / "SemiSupUncertainty"))
     from semisup.methods import method_names
 
     missing = sorted({variant(m, VARIANTS).method for m in args.methods} - set(method_names()))

@@ -27,12 +27,17 @@ from pathlib import Path
 from typing import Any, Callable
 
 REPO = Path(__file__).resolve().parents[1]
+#: The library of this checkout: the children get it as PYTHONPATH (:func:`child_env`), and a
+#: sweep script reads their output with it too, whatever (if any) copy pip installed.
+LIBRARY = REPO / "SemiSupUncertainty"
+if str(LIBRARY) not in sys.path:
+    sys.path.insert(0, str(LIBRARY))
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def child_env(threads: int) -> dict[str, str]:
     """Environment of a ``python -m semisup`` child: ``threads`` CPU threads, the library importable."""
-    return {**os.environ, **{k: str(threads) for k in THREAD_VARIABLES}, "PYTHONPATH": str(REPO / "SemiSupUncertainty")}
+    return {**os.environ, **{k: str(threads) for k in THREAD_VARIABLES}, "PYTHONPATH": str(LIBRARY)}
 
 
 def train_in_subprocess(run: Path, env: dict[str, str], stdout: Any, stderr: Any = None) -> tuple[float, float]:

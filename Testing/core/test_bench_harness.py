@@ -215,3 +215,22 @@ def test_paired_comparison_by_patient_tests_patients_not_frames(load_script):
                "u": {"method": "uamt", "split": split, "per_case_dice": candidate}}
     assert "p = 0.125 (4 patients)" in harness.pooled_table(results, "volumes", group=harness.patient_of)
     assert "p = 0.125 (4 patients)" in load_script("cv_report").fold_table(results, group=harness.patient_of)
+
+
+def test_harness_reads_progress_with_this_checkouts_library_without_an_install(tmp_path):
+    """A sweep script reads its children's progress with the library they ran (PYTHONPATH),
+    not whatever copy pip last installed: a stale editable install once lost a sweep's scores."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bench = Path(__file__).resolve().parents[2] / "benchmarks"
+    stream = tmp_path / "progress.jsonl"
+    stream.write_text('{"event": "start", "time": 1.0, "iterations": 2}\n')
+    code = ("import sys; sys.path.insert(0, sys.argv[1]); import harness; "
+            "print(harness.progress_events(sys.argv[2])[0]['event'], harness.child_env(1)['PYTHONPATH'] == str(harness.LIBRARY))")
+    # -S: no site-packages, so no installed semisup to fall back on.
+    out = subprocess.run([sys.executable, "-S", "-c", code, str(bench), str(stream)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["start", "True"]
