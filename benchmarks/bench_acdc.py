@@ -81,6 +81,7 @@ from harness import (
     progress_events,
     read_results,
     train_in_subprocess,
+    training_seconds,
     training_switches,
     variant,
     write_run_config,
@@ -250,23 +251,6 @@ def write_fold_splits(data: Path, out: Path, folds: int, fold: int) -> tuple[Pat
     return train_path, eval_path, info
 
 
-def _train_seconds(progress: Path) -> float:
-    """Seconds between each attempt's ``start`` and its last event (loop only, no caching)."""
-    total, start, last = 0.0, None, None
-    for line in progress.read_text().splitlines():
-        if not line.strip():
-            continue
-        e = json.loads(line)
-        if e["event"] == "start":
-            if start is not None and last is not None:
-                total += last - start
-            start = e["time"]
-        last = e["time"]
-    if start is not None and last is not None:
-        total += last - start
-    return total
-
-
 def run_method(method: str, setting_name: str, train_split: Path, eval_split: Path, out: Path,
                iterations: int, seed: int, threads: int, force: bool, folded: bool = False) -> dict:
     setting = SETTINGS[setting_name]
@@ -316,7 +300,7 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
         "hd95_per_class": {k: v["hd95"] for k, v in per_class.items()},
         "asd_per_class": {k: v["asd"] for k, v in per_class.items()},
         "it_per_s": rates[-1] if rates else None,
-        "train_minutes": _train_seconds(run / "progress.jsonl") / 60,
+        "train_minutes": training_seconds(run / "progress.jsonl") / 60,
         "wall_minutes": wall_s / 60,
         "predict_seconds_per_case": predict_s / len(images),
         "peak_rss_mib": peak_rss_mib,

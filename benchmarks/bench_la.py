@@ -59,6 +59,7 @@ from harness import (
     progress_events,
     read_results,
     train_in_subprocess,
+    training_seconds,
     training_switches,
     variant,
     write_run_config,
@@ -216,9 +217,11 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
                    "inference": {**setting["inference"], **({"largest_component": "auto"} if report else {})}}
     write_run_config(run, run_setting, dataset, cache, name, params, train)
     env = child_env(threads)
-    with open(run / "stdout.jsonl", "w") as stdout:
-        train_s, peak_rss_mib = train_in_subprocess(run, env, stdout)
-    rates = iteration_rates(progress_events(run / "stdout.jsonl"))
+    with open(run / "stdout.jsonl", "a") as stdout:
+        _, peak_rss_mib = train_in_subprocess(run, env, stdout)
+    # progress.jsonl holds every attempt of a resumed run (this call's may have trained nothing).
+    events = progress_events(run / "progress.jsonl")
+    rates = iteration_rates(events)
     report = report or dataset
     images = [c["image"] for c in json.loads(report.read_text())["validation"]]
     # The last checkpoint, not best.pt: best.pt is selected on these same 16 cases.
@@ -240,7 +243,8 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
         "hd95_mm": mean["hd95"]["mean"],
         "asd_mm": mean["asd"]["mean"],
         "it_per_s": rates[-1] if rates else None,
-        "train_minutes": train_s / 60,
+        "train_minutes": training_seconds(run / "progress.jsonl") / 60,
+        "attempts": sum(1 for e in events if e["event"] == "start"),
         "predict_seconds_per_case": predict_s / len(images),
         "peak_rss_mib": peak_rss_mib,
         "training_switches": training_switches(run),

@@ -81,6 +81,21 @@ def progress_events(progress: Path) -> list[dict[str, Any]]:
     return [e.raw for e in events if e is not None]
 
 
+def training_seconds(progress: Path) -> float:
+    """Seconds of training over every attempt of a run: from each ``start`` event of its
+    ``progress.jsonl`` (appended across resumes) to that attempt's last event."""
+    total, start, last = 0.0, None, None
+    for e in progress_events(progress):
+        if e.get("event") == "start":
+            if start is not None and last is not None:
+                total += last - start
+            start = e["time"]
+        last = e.get("time", last)
+    if start is not None and last is not None:
+        total += last - start
+    return total
+
+
 def iteration_rates(events: list[dict[str, Any]]) -> list[float]:
     """The ``it_per_s`` values of the iteration events."""
     return [e["it_per_s"] for e in events if e["event"] == "iteration" and e.get("it_per_s")]

@@ -234,3 +234,18 @@ def test_harness_reads_progress_with_this_checkouts_library_without_an_install(t
                          cwd=tmp_path, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.split() == ["start", "True"]
+
+
+def test_training_seconds_adds_every_attempt_of_a_resumed_run(harness, tmp_path):
+    stream = tmp_path / "progress.jsonl"
+    stream.write_text(
+        '{"event": "start", "time": 10.0, "iterations": 4}\n'
+        '{"event": "iteration", "time": 40.0, "iteration": 2, "iterations": 4, "loss": 0.5, "it_per_s": 0.1}\n'
+        '{"event": "start", "time": 100.0, "iterations": 4}\n'  # killed at 40, resumed at 100
+        '{"event": "iteration", "time": 130.0, "iteration": 4, "iterations": 4, "loss": 0.4, "it_per_s": 0.1}\n'
+        '{"event": "done", "time": 131.0, "iteration": 4}\n'
+        '{"event": "start", "time": 500.0, "iterations": 4}\n'  # a rerun of a finished run
+        '{"event": "done", "time": 500.5, "iteration": 4}\n'
+    )
+    # (40 - 10) + (131 - 100) + (500.5 - 500): the time between attempts is not training.
+    assert harness.training_seconds(stream) == pytest.approx(61.5)
