@@ -69,6 +69,7 @@ import time
 from pathlib import Path
 
 from harness import (
+    attempt_count,
     case_summary,
     kfold,
     Variant,
@@ -300,13 +301,13 @@ def run_method(method: str, setting_name: str, train_split: Path, eval_split: Pa
         "hd95_per_class": {k: v["hd95"] for k, v in per_class.items()},
         "asd_per_class": {k: v["asd"] for k, v in per_class.items()},
         "it_per_s": rates[-1] if rates else None,
-        "train_minutes": training_seconds(run / "progress.jsonl") / 60,
+        "train_minutes": training_seconds(events) / 60,
         "wall_minutes": wall_s / 60,
         "predict_seconds_per_case": predict_s / len(images),
         "peak_rss_mib": peak_rss_mib,
         "training_switches": training_switches(run),
         "threads": threads,
-        "attempts": sum(1 for e in events if e["event"] == "start"),
+        "attempts": attempt_count(events),
         "method_params": params,
         "optimizer": f"{train['optimizer']} lr {train['lr']} {train['lr_schedule']}",
     }

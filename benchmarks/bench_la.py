@@ -48,6 +48,7 @@ import sys
 from pathlib import Path
 
 from harness import (
+    attempt_count,
     case_summary,
     kfold,
     Variant,
@@ -243,8 +244,8 @@ def run_method(method: str, setting: dict, dataset: Path, out: Path, cache: Path
         "hd95_mm": mean["hd95"]["mean"],
         "asd_mm": mean["asd"]["mean"],
         "it_per_s": rates[-1] if rates else None,
-        "train_minutes": training_seconds(run / "progress.jsonl") / 60,
-        "attempts": sum(1 for e in events if e["event"] == "start"),
+        "train_minutes": training_seconds(events) / 60,
+        "attempts": attempt_count(events),
         "predict_seconds_per_case": predict_s / len(images),
         "peak_rss_mib": peak_rss_mib,
         "training_switches": training_switches(run),

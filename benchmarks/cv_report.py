@@ -5,8 +5,8 @@ Prints, in Markdown: one row per fold and method (seeds averaged per case, as th
 pooled figures do) with the paired comparison against supervised-only on that fold;
 the folds pooled (``harness.pooled_table``); and the seed spread where a fold ran
 several seeds of a method (each seed's mean and worst case, and the standard deviation
-of the means). Only results with a ``split`` of a K-fold run are read. ACDC pairs by patient (``--pair-by patient``): its two frames
-are not independent cases.
+of the means). Only results with a ``split`` of a K-fold run are read. ACDC pairs by
+patient (``--pair-by patient``): its two frames are not independent cases.
 
 Example::
 
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import statistics
 from pathlib import Path
-
 from typing import Callable
 
 from harness import case_summary, comparison_cell, paired_comparison, patient_of, pooled_table, read_results

@@ -81,11 +81,16 @@ def progress_events(progress: Path) -> list[dict[str, Any]]:
     return [e.raw for e in events if e is not None]
 
 
-def training_seconds(progress: Path) -> float:
-    """Seconds of training over every attempt of a run: from each ``start`` event of its
-    ``progress.jsonl`` (appended across resumes) to that attempt's last event."""
+def attempt_count(events: list[dict[str, Any]]) -> int:
+    """How many times the run was started (1 + its resumes), from its :func:`progress_events`."""
+    return sum(1 for e in events if e["event"] == "start")
+
+
+def training_seconds(events: list[dict[str, Any]]) -> float:
+    """Seconds of training over every attempt of a run, from its :func:`progress_events`
+    (``progress.jsonl`` is appended across resumes): each ``start`` to that attempt's last event."""
     total, start, last = 0.0, None, None
-    for e in progress_events(progress):
+    for e in events:
         if e.get("event") == "start":
             if start is not None and last is not None:
                 total += last - start

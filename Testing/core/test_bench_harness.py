@@ -248,4 +248,6 @@ def test_training_seconds_adds_every_attempt_of_a_resumed_run(harness, tmp_path)
         '{"event": "done", "time": 500.5, "iteration": 4}\n'
     )
     # (40 - 10) + (131 - 100) + (500.5 - 500): the time between attempts is not training.
-    assert harness.training_seconds(stream) == pytest.approx(61.5)
+    events = harness.progress_events(stream)
+    assert harness.training_seconds(events) == pytest.approx(61.5)
+    assert harness.attempt_count(events) == 3
