@@ -29,6 +29,9 @@ class ReviewItem:
         The predicted label map file: the untouched prediction the accepted label is compared to.
     status:
         ``"to review"`` or ``"accepted"``.
+    sizeCheck:
+        ``scores.csv``'s ``size_check``: ``"ok"``, ``"flagged: ..."`` (a class far smaller or
+        larger than any labeled one) or ``"not checked: ..."``; empty for older predictions.
     """
 
     caseName: str
@@ -40,3 +43,8 @@ class ReviewItem:
     predictedMl: float
     labelPath: Path
     status: str = "to review"
+    sizeCheck: str = ""
+
+    @property
+    def sizeFlagged(self) -> bool:
+        return self.sizeCheck.startswith("flagged")

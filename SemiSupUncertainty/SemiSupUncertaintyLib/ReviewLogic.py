@@ -119,6 +119,7 @@ class ReviewLogic:
                     foregroundVoxels=voxels,
                     predictedMl=voxels * float(np.prod(spacing)) / 1000.0,
                     labelPath=_labelPath(outputDir, case, row.get("label")),
+                    sizeCheck=row.get("size_check") or "",
                 )
             )
         review = cls(logic, runDir, outputDir, items)
@@ -130,10 +131,11 @@ class ReviewLogic:
 
     # -- table -------------------------------------------------------------------
     def rows(self) -> list[ReviewItem]:
-        """Most uncertain first; a volume where nothing was predicted comes before all (check it)."""
+        """Most uncertain first; before all, a volume where nothing was predicted, then one whose size
+        is flagged (far smaller or larger than any labeled one: the likely failures, whatever their score)."""
         def key(item: ReviewItem):
             score = item.score if math.isfinite(item.score) else float("-inf")
-            return (item.foregroundVoxels != 0, -score)
+            return (item.foregroundVoxels != 0, not item.sizeFlagged, -score)
 
         return sorted(self.items, key=key)
 
@@ -152,6 +154,7 @@ class ReviewLogic:
         columns = [
             (vtk.vtkIntArray, "Rank"), (vtk.vtkStringArray, "Volume"), (vtk.vtkDoubleArray, "Score"),
             (vtk.vtkDoubleArray, "Predicted volume (ml)"), (vtk.vtkStringArray, "Status"), (vtk.vtkStringArray, "Volume node ID"),
+            (vtk.vtkStringArray, "Size check"),
         ]
         arrays = []
         for cls, title in columns:
@@ -165,9 +168,11 @@ class ReviewLogic:
             arrays[3].InsertNextValue(item.predictedMl)
             arrays[4].InsertNextValue(item.status if item.foregroundVoxels else f"{item.status} (nothing predicted)")
             arrays[5].InsertNextValue(item.volume.GetID())
+            arrays[6].InsertNextValue(item.sizeCheck)
         for arr in arrays:
             vt.AddColumn(arr)
         self.tableNode.SetColumnDescription("Score", f"{SCORE_COLUMN}: higher means the model is less sure; review the top rows")
+        self.tableNode.SetColumnDescription("Size check", "flagged: a structure far smaller or larger than any labeled one (ranked first)")
         self.tableNode.Modified()
         return self.tableNode
 

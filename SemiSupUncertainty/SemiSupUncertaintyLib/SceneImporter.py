@@ -179,7 +179,10 @@ class SceneImporter:
             for key, arr in zip(otherKeys, others):
                 arr.InsertNextValue(row.scores.get(key, float("nan")))
             empty = row.scores.get("foreground_voxels") == 0
-            note.InsertNextValue("nothing segmented: check this volume" if empty else "")
+            # size_flagged: a class far smaller or larger than any labeled one (semisup/data/label_sizes.py)
+            odd = row.scores.get("size_flagged") == 1
+            note.InsertNextValue("nothing segmented: check this volume" if empty
+                                 else "size unlike the labeled cases: check this volume" if odd else "")
             nodeId.InsertNextValue(row.volumeNodeID)
         for arr in [rank, volume, score, *others, note, nodeId]:
             vt.AddColumn(arr)

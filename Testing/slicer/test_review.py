@@ -169,3 +169,29 @@ def test_missing_class_segment_is_named(scene, prediction):
     seg.GetSegmentation().RemoveSegment(seg.GetSegmentation().GetSegmentIdBySegmentName("Kidney"))
     with pytest.raises(InputError, match="volume 'CT3'.*no segment named 'Kidney'"):
         review.accept("CT3")
+
+
+def _rewriteScores(out: Path, sizeChecks: dict[str, str]) -> None:
+    with (out / "scores.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))
+    for row in rows:  # both volumes now have something predicted; CT4 stays the less uncertain
+        row["foreground_voxels"] = row["foreground_voxels"] if int(row["foreground_voxels"]) else "10"
+        row["size_check"] = sizeChecks[row["case"]]
+    with (out / "scores.csv").open("w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def test_a_size_flagged_volume_is_reviewed_first(scene, prediction):
+    logic, run, out, nodes = prediction
+    _rewriteScores(out, {"CT3": "ok", "CT4": "ok"})
+    assert [r.caseName for r in ReviewLogic.fromOutputs(logic, run, out, nodes).rows()] == ["CT3", "CT4"]  # by score
+    flagged = "flagged: Liver 0.0 ml is under 1/2 of the smallest labeled one (900.0 ml)"
+    _rewriteScores(out, {"CT3": "ok", "CT4": flagged})
+    review = ReviewLogic.fromOutputs(logic, run, out, nodes)
+    assert [r.caseName for r in review.rows()] == ["CT4", "CT3"] and review.rows()[0].sizeFlagged
+    vt = review.table().GetTable()
+    titles = [vt.GetColumn(i).GetName() for i in range(vt.GetNumberOfColumns())]
+    assert vt.GetValue(0, titles.index("Size check")).ToString() == flagged
+    assert vt.GetValue(1, titles.index("Size check")).ToString() == "ok"

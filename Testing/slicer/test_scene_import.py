@@ -91,3 +91,8 @@ def test_ranking_table_puts_the_most_uncertain_volume_first(scene):
     assert [table.GetCellText(r, 0) for r in range(3)] == ["1", "2", "3"]
     assert "nothing segmented" in table.GetCellText(2, columns.index("Note"))
     assert table.GetCellText(0, columns.index("Volume node ID")) == "id-B"
+    # A size unlike the labeled cases' (predict's size_flagged) is named in the note; 0 leaves it empty.
+    rows[0].scores["size_flagged"], rows[1].scores["size_flagged"] = 1.0, 0.0
+    table = SceneImporter(scene).scoreTable(rows)
+    note = [table.GetColumnName(c) for c in range(table.GetNumberOfColumns())].index("Note")
+    assert "size unlike the labeled cases" in table.GetCellText(1, note) and table.GetCellText(0, note) == ""

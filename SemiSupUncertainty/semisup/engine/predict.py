@@ -33,6 +33,7 @@ from ..data import (
 from ..data.checks import check_geometry
 from ..data.dataset import Case, case_name_from_path, group_inputs
 from ..data.io import orientation_code, read_channels_geometry, read_metadata
+from ..data.label_sizes import SIZE_CHECK_FACTOR, size_check
 from .checkpoint import CheckpointError, load_checkpoint
 from .device import resolve_device
 from ..inference.predictor import largest_connected_component, predict_volume
@@ -77,6 +78,7 @@ class TrainedModel:
         orientations: list[str] | None = None,
         postprocessing: dict[str, Any] | None = None,
         iteration: int | None = None,
+        label_volume_ranges: dict[str, list[float]] | None = None,
     ) -> None:
         self.method = method
         self.cfg = cfg
@@ -87,6 +89,8 @@ class TrainedModel:
         # Decisions taken on the run's validation cases (largest component per class).
         self.postprocessing = postprocessing or {}
         self.iteration = iteration
+        #: {class: [min_ml, max_ml]} of the labeled cases (empty: not checked; older checkpoints, sparse labels)
+        self.label_volume_ranges = dict(label_volume_ranges or {})
         self.temperature: float | None = None
         self.calibration: dict[str, Any] = {"applied": False, "reason": "not looked for"}
 
@@ -128,7 +132,8 @@ def load_trained(path: str | Path, device: torch.device | str = "cpu", calibrati
     device = resolve_device(device) if isinstance(device, str) else device
     method.to(device).eval()
     model = TrainedModel(
-        method, cfg, list(state["class_names"]), path, state.get("orientations"), state.get("postprocessing"), state.get("iteration")
+        method, cfg, list(state["class_names"]), path, state.get("orientations"), state.get("postprocessing"), state.get("iteration"),
+        state.get("label_volume_ranges"),
     )
     if calibration:
         apply_calibration(model, path.parent.parent / CALIBRATION_FILE)
@@ -290,6 +295,7 @@ def predict_files(
         "flip_axes": list(cfg.inference.flip_axes),
         "largest_component_classes": components,
         "calibration": model.calibration,
+        "size_check": {"factor": SIZE_CHECK_FACTOR, "labeled_ml": model.label_volume_ranges},
     }
     emit("predict_start", cases=len(cases), mc_samples=mc, device=str(device), mc_seed=cfg.inference.seed,
          temperature=model.temperature, calibration=_calibration_words(model.calibration))
@@ -402,10 +408,23 @@ def _predict_one(model, image, path, name, out_dir, mc, save_probs, device, inde
         write_image(np.moveaxis(probs, 0, -1), image, outputs["probabilities"], metadata=mark("probabilities"))
     scores = volume_scores(maps["uncertainty"], label)
     scores["mean_mutual_information_image"] = float(maps["mutual_information"].mean())
+    volumes, notes = size_check(label, image.GetSpacing(), model.class_names, model.label_volume_ranges)
+    scores["predicted_ml"] = float(sum(volumes.values()))
+    if model.label_volume_ranges:  # absent, not 0, where nothing could be checked
+        scores["size_flagged"] = float(bool(notes))
     emit("predicted", index=index, total=total, case=name, outputs={k: str(v) for k, v in outputs.items()}, scores=scores)
+    if notes:
+        emit("warning", case=name, message=f"{path}: check this segmentation: {'; '.join(notes)}")
     row = {"case": name, "image": str(path), **{k: str(v) for k, v in outputs.items()}, **scores}
+    row["size_check"] = _size_words(model, notes)
     row["temperature"] = "" if model.temperature is None else model.temperature
     return row
+
+
+def _size_words(model: TrainedModel, notes: list[str]) -> str:
+    if not model.label_volume_ranges:
+        return "not checked: the checkpoint records no labeled sizes"
+    return f"flagged: {'; '.join(notes)}" if notes else "ok"
 
 
 def _calibration_words(calibration: dict[str, Any]) -> str:

@@ -33,6 +33,7 @@ from ..data import DataError, DatasetSpec, PreprocessCache, build_train_streams,
 from ..data.checks import count_channels
 from ..data.dataset import IGNORE_INDEX
 from ..data.io import orientation_code, read_channels_geometry
+from ..data.label_sizes import labeled_volume_range
 from ..methods import Method, build_method
 from ..methods.registry import sparse_label_methods
 from ..inference.predictor import largest_connected_component
@@ -285,6 +286,8 @@ class Trainer:
             "config": cfg.to_dict(),
             # Predict warns when an image's axes point elsewhere (engine/predict.py).
             "orientations": training_orientations(spec),
+            # Predict flags a class far smaller or larger than any labeled one (data/label_sizes.py).
+            "label_volume_ranges": labeled_volume_range(spec),
         }
         # The largest-component decision of the latest validation (stored in the checkpoints).
         self._postprocessing: dict[str, Any] | None = resume_state.get("postprocessing") if resume_state else None
