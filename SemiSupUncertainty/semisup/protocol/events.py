@@ -234,7 +234,7 @@ register_event(
 register_event(
     "warning", "something went wrong but the command goes on",
     message=("str", "names the file"),
-    case=("str", "predict: an input that failed while the others go on, or oriented unlike the training images"),
+    case=("str", "predict: an input that failed while the others go on, oriented unlike the training images, or whose predicted size is flagged"),
 )
 register_event(
     "predict_start", "prediction begins",
