@@ -127,3 +127,27 @@ def test_training_records_the_ranges_and_predict_flags_by_them(trained, tmp_path
     predict_files(model, inputs, tmp_path / "none")
     rows = _rows(tmp_path / "none")
     assert all(r["size_check"].startswith("not checked") and "size_flagged" not in r for r in rows)
+
+
+def test_size_check_report_counts_a_sweep(load_script, tmp_path: Path) -> None:
+    """benchmarks/size_check_report.py: failures and false alarms, ranges from the fold's training labels."""
+    report = load_script("size_check_report")
+    runs = tmp_path / "runs"
+    fold = runs / "fold0of5"
+    _dataset(fold)  # atrium labeled 1-4 ml (voxels of 0.002 ml): flagged under 0.5 ml or over 8 ml
+    (fold / "supervised-s1337" / "predictions").mkdir(parents=True)
+    per_case = {"tiny": 0.2, "fine": 0.9, "tiny_good": 0.8, "fine_bad": 0.3}
+    sizes = {"tiny": 100, "fine": 1000, "tiny_good": 200, "fine_bad": 1500}  # atrium voxels: 0.2, 2, 0.4, 3 ml
+    for case, n in sizes.items():
+        _write(fold / "supervised-s1337" / "predictions" / f"{case}_label.nrrd", _labels(n, 0))
+    results = {"cpu/supervised/fold0": {"method": "supervised", "seed": 1337, "split": {"folds": 5, "fold": 0},
+                                        "per_case_dice": per_case}}
+    summary = report.check_sweep(results, runs, ["supervised"], 1337, 0.5, SIZE_CHECK_FACTOR)["supervised"]
+    assert {k: summary[k] for k in ("predictions", "failures", "failures_flagged", "good", "good_flagged")} == {
+        "predictions": 4, "failures": 2, "failures_flagged": 1, "good": 2, "good_flagged": 1}
+    listed = {c["case"]: c for c in summary["cases"]}
+    assert sorted(listed) == ["fine_bad", "tiny", "tiny_good"] and listed["fine_bad"]["flags"] == []
+    assert listed["tiny"]["predicted_ml"] == pytest.approx({"atrium": 0.2, "scar": 0.0})
+    # scar was labeled 0-0.5 ml: 0 ml is fine, only the atrium can be flagged here.
+    assert all(len(c["flags"]) <= 1 for c in summary["cases"])
+    assert "| supervised | 4 | 1 of 2 | 1 of 2 |" in report.table({"supervised": summary})
