@@ -439,8 +439,10 @@ def test_predict_warns_when_axes_differ_from_the_training_images(trained, datase
     sitk.WriteImage(permuted, str(path))
     events = []
     predict_files(load_trained(trained / "checkpoints" / "best.pt"), [path], tmp_path / "out", emit=lambda e, **f: events.append({"event": e, **f}))
-    warnings = [e for e in events if e["event"] == "warning"]
-    assert len(warnings) == 1 and "permuted.nrrd" in warnings[0]["message"] and "oriented PLS" in warnings[0]["message"]
+    warnings = [e["message"] for e in events if e["event"] == "warning"]
+    # The size check may also warn about this tiny model's segmentation; the orientation warning comes once.
+    axes = [m for m in warnings if "check this segmentation" not in m]
+    assert len(axes) == 1 and "permuted.nrrd" in axes[0] and "oriented PLS" in axes[0]
 
 
 # -- 10. signals while starting, unwritable folders, a full disk ------------------------------
