@@ -48,13 +48,16 @@ def _predictions(fold: Path, method: str, seed: int) -> Path:
     return found[0]
 
 
-def check_sweep(results: dict, runs: Path, methods: list[str], seed: int, failure: float, factor: float) -> dict:
-    """Per method: counts and every flagged or failed case."""
+def check_sweep(results: dict, runs: Path, methods: list[str], seed: int, failure: float, factor: float,
+                folds: list[int] | None = None) -> dict:
+    """Per method: counts and every flagged or failed case (of ``folds`` only, when given)."""
     ranges_of: dict[Path, dict] = {}
     out: dict[str, dict] = {}
     for r in results.values():
         split = r.get("split") or {}
         if not split.get("folds") or r.get("method") not in methods or int(r.get("seed", -1)) != seed:
+            continue
+        if folds is not None and int(split["fold"]) not in folds:
             continue
         fold = _fold_folder(runs, split)
         if fold not in ranges_of:
@@ -93,16 +96,17 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=1337)
     ap.add_argument("--failure", type=float, default=0.5, help="a prediction under this Dice counts as failed (default 0.5)")
     ap.add_argument("--factor", type=float, default=SIZE_CHECK_FACTOR, help=f"the check's factor (default {SIZE_CHECK_FACTOR:g}, predict's)")
+    ap.add_argument("--folds", type=int, nargs="+", help="only these folds (e.g. those predicted after the factor was fixed)")
     ap.add_argument("--out", type=Path, help="write the counts and the flagged/failed cases here (JSON)")
     args = ap.parse_args()
-    summary = check_sweep(read_results(args.results), args.runs, args.methods, args.seed, args.failure, args.factor)
+    summary = check_sweep(read_results(args.results), args.runs, args.methods, args.seed, args.failure, args.factor, args.folds)
     print(table(summary))
     for method, m in summary.items():
         for c in m["cases"]:
             flags = "; ".join(c["flags"]) or "not flagged"
             print(f"{method} fold {c['fold']} {c['case']}: Dice {c['dice']:.3f}: {flags}")
     if args.out:
-        write_json(args.out, {"factor": args.factor, "failure_dice": args.failure, "seed": args.seed,
+        write_json(args.out, {"factor": args.factor, "failure_dice": args.failure, "seed": args.seed, "folds": args.folds,
                               "results": str(args.results), "methods": summary})
 
 

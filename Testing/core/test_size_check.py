@@ -151,3 +151,10 @@ def test_size_check_report_counts_a_sweep(load_script, tmp_path: Path) -> None:
     # scar was labeled 0-0.5 ml: 0 ml is fine, only the atrium can be flagged here.
     assert all(len(c["flags"]) <= 1 for c in summary["cases"])
     assert "| supervised | 4 | 1 of 2 | 1 of 2 |" in report.table({"supervised": summary})
+    # --folds: a fold not asked for is neither read nor counted (its predictions need not exist).
+    results["cpu/supervised/fold1"] = {"method": "supervised", "seed": 1337, "split": {"folds": 5, "fold": 1},
+                                       "per_case_dice": {"gone": 0.1}}
+    only = report.check_sweep(results, runs, ["supervised"], 1337, 0.5, SIZE_CHECK_FACTOR, folds=[0])["supervised"]
+    assert only["predictions"] == 4
+    with pytest.raises(FileNotFoundError, match="fold1of5"):
+        report.check_sweep(results, runs, ["supervised"], 1337, 0.5, SIZE_CHECK_FACTOR)
