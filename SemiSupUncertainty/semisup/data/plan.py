@@ -174,8 +174,8 @@ def plan_from_fingerprint(fp: Fingerprint, budget_minutes: float | None = None, 
             reasons["method"] = (
                 "ucmt with SGD + EMA 0.99 (the shared recipe): best on LA2018 (5-fold cross-validation, 2000 iterations: "
                 "83.6 Dice vs UA-MT 81.4, supervised 80.9, better than supervised on 56 of 80 unseen cases) and ACDC "
-                "(5-fold cross-validation by patient, 2000 iterations: 76.9 vs UA-MT 72.9, supervised 72.9, "
-                "better on 120 of 160 volumes); the paper "
+                "(5-fold cross-validation by patient, 2000 iterations: 76.6 vs UA-MT 73.4, supervised 72.9, "
+                "better on 119 of 160 volumes); the paper "
                 "recipe (AdamW 1e-4, EMA 0.999) lost (74.5) at this budget"
             )
     if dims == 3:
